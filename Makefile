@@ -1,0 +1,47 @@
+# Every target that needs Python creates .venv (if missing) and installs into it first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.amortflow-installed
+# Two host devices so datasets are sharded over both CPU cores (no effect on GPU).
+HOSTDEV := XLA_FLAGS="--xla_force_host_platform_device_count=2 $(XLA_FLAGS)"
+BENCHES := amortized diagnostics mcmc gev
+
+.PHONY: install demo test test-slow bench notebooks clean $(addprefix bench-,$(BENCHES))
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,notebooks,bench]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(HOSTDEV) $(PY) -m amortflow.cli demo --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(addprefix bench-,$(BENCHES))
+
+bench-amortized: $(STAMP)
+	$(HOSTDEV) $(PY) benchmarks/bench_amortized.py
+
+bench-diagnostics: $(STAMP)
+	$(HOSTDEV) $(PY) benchmarks/bench_diagnostics.py
+
+bench-mcmc: $(STAMP)
+	$(HOSTDEV) $(PY) benchmarks/bench_mcmc.py
+
+bench-gev: $(STAMP)
+	$(HOSTDEV) $(PY) benchmarks/bench_gev.py
+
+notebooks: $(STAMP)
+	AMORTFLOW_NOTEBOOK_MODE=full $(PY) -m amortflow.notebook_runner notebooks
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
