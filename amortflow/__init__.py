@@ -1,0 +1,4 @@
+"""amortflow: amortized Bayesian inference at scale, in JAX."""
+from amortflow._version import __version__
+from amortflow import diagnostics, models
+from amortflow.models import Model, ObservationError, from_numpyro, make_model

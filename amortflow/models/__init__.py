@@ -1,0 +1,10 @@
+"""Models: the :class:`Model` type, ``from_numpyro`` and built-in models."""
+from amortflow.models.base import Model, ObservationError, make_model
+from amortflow.models.gaussian import gaussian_mean, gaussian_mean_posterior
+from amortflow.models.gev import gev
+from amortflow.models.numpyro_bridge import from_numpyro
+
+__all__ = [
+    "Model", "ObservationError", "make_model", "from_numpyro", "gev", "gaussian_mean",
+    "gaussian_mean_posterior",
+]

@@ -1,0 +1,210 @@
+"""The `Model` type: prior, simulator, log density and constraints as pure JAX functions.
+
+A model is written once and yields jit/vmap-safe functions over a flat *unconstrained* parameter
+vector ``theta`` of length ``d``. The observation is always an argument (never closed over), so a
+function compiled once serves every dataset.
+
+Shapes (``d`` parameters, observation shape ``obs_shape``):
+
+- ``sample_prior(key, n)``            -> ``[n, d]`` unconstrained draws
+- ``simulate(key, theta)``             -> ``[n, *obs_shape]`` for ``theta`` of shape ``[n, d]``
+                                          (``[*obs_shape]`` for ``theta`` of shape ``[d]``)
+- ``log_density(theta, y, beta=1.0)``  -> scalar  ``log p(theta) + beta * log p(y | theta)``
+                                          in unconstrained space, Jacobian included
+- ``constrain(theta)``                 -> ``dict`` name -> constrained value (batched if theta is)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+
+class ObservationError(ValueError):
+    """Observations that do not fit the model: wrong shape, NaN or infinite values."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A Bayesian model over a flat unconstrained parameter vector.
+
+    Build one with :func:`make_model` (plain JAX functions) or :func:`amortflow.from_numpyro`.
+    Instances hash by identity, so they can be static arguments of jitted functions.
+
+    Attributes:
+      name: short identifier, stored with estimators trained on the model.
+      param_names: names of the ``d`` entries of the unconstrained vector ``theta``.
+      obs_shape: shape of one dataset, e.g. ``(65,)`` for 65 iid scalars, ``(n, k)`` for a set
+        of ``n`` vectors, ``(h, w)`` for a grid.
+      obs_kind: ``"set"`` (exchangeable leading axis), ``"vector"`` or ``"grid"``; guides the
+        default summary network and data standardization.
+      info: free-form JSON-serializable metadata (priors, bounds, reference).
+    """
+
+    name: str
+    param_names: tuple[str, ...]
+    obs_shape: tuple[int, ...]
+    obs_kind: str
+    prior_sampler: Callable[[Array, int], Array]
+    simulator: Callable[[Array, Array], Array]
+    log_prior_fn: Callable[[Array], Array]
+    log_likelihood_fn: Callable[[Array, Array], Array]
+    constrain_fn: Callable[[Array], dict]
+    info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        """Number of unconstrained parameters ``d``."""
+        return len(self.param_names)
+
+    # ----------------------------------------------------------------- sampling
+    def sample_prior(self, key: Array, n: int) -> Array:
+        """``n`` unconstrained prior draws, ``[n, d]``."""
+        return self.prior_sampler(key, n)
+
+    def simulate(self, key: Array, theta: Array) -> Array:
+        """Simulate one dataset per parameter vector.
+
+        Args:
+          key: PRNG key.
+          theta: ``[n, d]`` (or ``[d]``) unconstrained parameters.
+        Returns:
+          ``[n, *obs_shape]`` (or ``[*obs_shape]``).
+        """
+        theta = jnp.asarray(theta)
+        if theta.ndim == 1:
+            return self.simulator(key, theta)
+        keys = jax.random.split(key, theta.shape[0])
+        return jax.vmap(self.simulator)(keys, theta)
+
+    def sample_prior_predictive(self, key: Array, n: int) -> tuple[Array, Array]:
+        """``(theta [n, d], y [n, *obs_shape])`` from the joint prior predictive."""
+        k1, k2 = jax.random.split(key)
+        theta = self.sample_prior(k1, n)
+        return theta, self.simulate(k2, theta)
+
+    # ----------------------------------------------------------------- densities
+    def log_prior(self, theta: Array) -> Array:
+        """Unconstrained log prior density of ``theta [d]`` (Jacobian included); scalar."""
+        return self.log_prior_fn(theta)
+
+    def log_likelihood(self, theta: Array, y: Array) -> Array:
+        """``log p(y | theta)`` for one dataset ``y [*obs_shape]``; scalar (``-inf`` off support)."""
+        return self.log_likelihood_fn(theta, y)
+
+    def log_density(self, theta: Array, y: Array, beta: float | Array = 1.0) -> Array:
+        """``log p(theta) + beta * log p(y | theta)`` (unconstrained, Jacobian included); scalar.
+
+        ``-inf`` (never NaN) where ``theta`` puts ``y`` outside the likelihood's support.
+        """
+        lp = self.log_prior_fn(theta)
+        ll = self.log_likelihood_fn(theta, y)
+        # beta * (-inf) must stay -inf for beta > 0, and 0 * -inf must not produce NaN.
+        ll = jnp.where(jnp.asarray(beta) == 0, 0.0, beta * ll)
+        out = lp + ll
+        return jnp.where(jnp.isnan(out), -jnp.inf, out)
+
+    def constrain(self, theta: Array) -> dict:
+        """Named constrained values; ``theta`` may be ``[d]`` or ``[..., d]``."""
+        theta = jnp.asarray(theta)
+        fn = self.constrain_fn
+        for _ in range(theta.ndim - 1):
+            fn = jax.vmap(fn)
+        return fn(theta)
+
+    # ----------------------------------------------------------------- validation
+    def check_observations(self, ys: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
+        """Validate a batch of datasets and return it as a float array ``[K, *obs_shape]``.
+
+        A single dataset of shape ``obs_shape`` is promoted to ``[1, *obs_shape]``.
+
+        Raises:
+          ObservationError: wrong shape, or NaN/inf values (unless ``allow_nonfinite``), naming
+            the offending datasets.
+        """
+        arr = np.asarray(ys)
+        if arr.dtype == object:
+            raise ObservationError(f"{self.name}: observations must be a numeric array, got objects")
+        arr = arr.astype(np.float32) if arr.dtype != np.float64 else arr
+        if tuple(arr.shape) == self.obs_shape:
+            arr = arr[None]
+        if arr.ndim != len(self.obs_shape) + 1 or tuple(arr.shape[1:]) != self.obs_shape:
+            raise ObservationError(
+                f"{self.name}: expected observations of shape [K, {', '.join(map(str, self.obs_shape))}]"
+                f" (K datasets of shape {self.obs_shape}), got {tuple(arr.shape)}"
+            )
+        if not allow_nonfinite:
+            bad = np.nonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))[0]
+            if bad.size:
+                shown = ", ".join(map(str, bad[:10])) + (" ..." if bad.size > 10 else "")
+                raise ObservationError(
+                    f"{self.name}: {bad.size} dataset(s) contain NaN or infinite values "
+                    f"(indices {shown}); remove or impute them"
+                )
+        return arr
+
+    def check_theta(self, theta: Any) -> np.ndarray:
+        """Validate unconstrained parameters ``[..., d]``; raises ``ValueError`` naming the problem."""
+        arr = np.asarray(theta)
+        if arr.ndim == 0 or arr.shape[-1] != self.dim:
+            raise ValueError(
+                f"{self.name}: parameters must have last axis {self.dim} "
+                f"({', '.join(self.param_names)}), got shape {arr.shape}"
+            )
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{self.name}: parameters contain NaN or infinite values")
+        return arr
+
+
+def make_model(
+    *,
+    name: str,
+    param_names: tuple[str, ...] | list[str],
+    obs_shape: tuple[int, ...],
+    sample_prior: Callable[[Array, int], Array],
+    simulate: Callable[[Array, Array], Array],
+    log_prior: Callable[[Array], Array],
+    log_likelihood: Callable[[Array, Array], Array],
+    constrain: Callable[[Array], dict] | None = None,
+    obs_kind: str | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> Model:
+    """Build a :class:`Model` from plain JAX functions (all in unconstrained space).
+
+    Args:
+      sample_prior: ``(key, n) -> [n, d]``.
+      simulate: ``(key, theta [d]) -> y [*obs_shape]`` for ONE parameter vector (vmapped here).
+      log_prior: ``theta [d] -> scalar``, Jacobian of the constraining transform included.
+      log_likelihood: ``(theta [d], y [*obs_shape]) -> scalar``; ``-inf`` off support.
+      constrain: ``theta [d] -> dict``; defaults to the identity with ``param_names``.
+      obs_kind: ``"set"``, ``"vector"`` or ``"grid"``; default ``"vector"`` for 1-D observations,
+        ``"set"`` for 2-D, ``"grid"`` otherwise.
+    """
+    param_names = tuple(param_names)
+    obs_shape = tuple(int(s) for s in obs_shape)
+    if obs_kind is None:
+        obs_kind = {1: "vector", 2: "set"}.get(len(obs_shape), "grid")
+    if obs_kind not in ("set", "vector", "grid"):
+        raise ValueError(f"obs_kind must be 'set', 'vector' or 'grid', got {obs_kind!r}")
+    if constrain is None:
+
+        def constrain(theta):
+            return {n: theta[i] for i, n in enumerate(param_names)}
+
+    return Model(
+        name=name,
+        param_names=param_names,
+        obs_shape=obs_shape,
+        obs_kind=obs_kind,
+        prior_sampler=sample_prior,
+        simulator=simulate,
+        log_prior_fn=log_prior,
+        log_likelihood_fn=log_likelihood,
+        constrain_fn=constrain,
+        info=dict(info or {}),
+    )
