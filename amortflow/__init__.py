@@ -2,3 +2,12 @@
 from amortflow._version import __version__
 from amortflow import diagnostics, models
 from amortflow.models import Model, ObservationError, from_numpyro, make_model
+from amortflow import estimators, nets
+from amortflow.estimators import (
+    PosteriorEstimator,
+    TrainConfig,
+    TrainingDivergedError,
+    fit_posterior,
+    load_estimator,
+)
+from amortflow import mcmc

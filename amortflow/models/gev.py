@@ -42,7 +42,9 @@ def gev_logpdf(y, mu, sigma, xi):
         jnp.log1p(q_safe) / xi_safe,
     )
     lt = jnp.log1p(q_safe)
-    lp = -jnp.log(sigma) - lt - a - jnp.exp(-a)
+    # t^(-1/xi) = exp(-a) overflows float32 near the support edge; clamping keeps the value
+    # hugely negative (not -inf) and the gradient finite
+    lp = -jnp.log(sigma) - lt - a - jnp.exp(-jnp.maximum(a, -50.0))
     return jnp.where(valid, lp, -jnp.inf)
 
 

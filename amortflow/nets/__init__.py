@@ -1,0 +1,17 @@
+"""Flax networks: summary networks and conditional normalizing flows, described by specs."""
+from amortflow.nets.flows import ConditionalFlow, std_normal_logpdf
+from amortflow.nets.layers import MLP
+from amortflow.nets.specs import (
+    DeepSetSpec,
+    FlowSpec,
+    IdentitySummarySpec,
+    MLPSummarySpec,
+    spec_from_dict,
+    spec_to_dict,
+)
+from amortflow.nets.summary import build_summary, default_summary_spec
+
+__all__ = [
+    "ConditionalFlow", "std_normal_logpdf", "MLP", "DeepSetSpec", "FlowSpec", "IdentitySummarySpec",
+    "MLPSummarySpec", "spec_from_dict", "spec_to_dict", "build_summary", "default_summary_spec",
+]

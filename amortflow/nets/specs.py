@@ -1,0 +1,91 @@
+"""Network specifications: frozen, hashable, JSON-serializable descriptions of architectures.
+
+A spec is what an estimator stores on disk and what jitted functions take as a static argument;
+``build_*`` turns it into a Flax module. Keeping architecture as data (not as module objects)
+makes checkpoints self-describing and lets a loaded estimator rebuild its networks exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepSetSpec:
+    """Permutation-invariant summary of a set ``[n, k]`` (Zaheer et al. 2017).
+
+    phi (per element) -> pooling over the set (``mean``, ``max``, ``std``) -> rho -> ``out_dim``.
+    Mean pooling carries averages (sufficient statistics of exponential families); max pooling
+    lets the network see extremes, which bound the support of models such as GEV.
+    """
+
+    phi_hidden: tuple[int, ...] = (64, 64)
+    rho_hidden: tuple[int, ...] = (64,)
+    out_dim: int = 16
+    pooling: tuple[str, ...] = ("mean", "max")
+    activation: str = "gelu"
+    kind: str = "deepset"
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPSummarySpec:
+    """Flattened observation -> MLP -> ``out_dim`` (vector data)."""
+
+    hidden: tuple[int, ...] = (128, 128)
+    out_dim: int = 16
+    activation: str = "gelu"
+    kind: str = "mlp"
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentitySummarySpec:
+    """Use the (flattened) observation itself as the summary (low-dimensional vector data)."""
+
+    kind: str = "identity"
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSpec:
+    """Conditional coupling flow: ``num_layers`` x [actnorm] -> coupling -> permutation.
+
+    Attributes:
+      transform: ``"spline"`` (rational-quadratic, Durkan et al. 2019) or ``"affine"`` (RealNVP).
+      num_bins, bound: spline bins on ``[-bound, bound]``; identity (slope 1) outside.
+      hidden: conditioner MLP widths. The conditioner sees the untouched coordinates and the
+        context; the context's contribution to the first layer is computed once per dataset.
+      actnorm: learned per-coordinate affine layer before each coupling.
+      permutation_seed: seed of the fixed random permutations between couplings.
+    """
+
+    num_layers: int = 6
+    transform: str = "spline"
+    hidden: tuple[int, ...] = (128, 128)
+    num_bins: int = 8
+    bound: float = 5.0
+    actnorm: bool = True
+    activation: str = "gelu"
+    permutation_seed: int = 0
+    max_log_scale: float = 3.0
+    kind: str = "coupling_flow"
+
+
+_SPECS = {cls.__dataclass_fields__["kind"].default: cls for cls in
+          (DeepSetSpec, MLPSummarySpec, IdentitySummarySpec, FlowSpec)}
+
+
+def spec_to_dict(spec) -> dict[str, Any]:
+    """JSON-ready dict (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()}
+
+
+def spec_from_dict(d: dict[str, Any]):
+    """Inverse of :func:`spec_to_dict`; validates the kind and the field names."""
+    if not isinstance(d, dict) or d.get("kind") not in _SPECS:
+        raise ValueError(f"unknown network spec {d!r}; known kinds: {sorted(_SPECS)}")
+    cls = _SPECS[d["kind"]]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"{d['kind']} spec has unknown fields {sorted(unknown)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return cls(**kwargs)

@@ -1,0 +1,79 @@
+"""Summary networks: observation ``[..., *obs_shape]`` -> summary ``[..., out_dim]``."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from amortflow.nets.layers import MLP, activation
+from amortflow.nets.specs import DeepSetSpec, IdentitySummarySpec, MLPSummarySpec
+
+
+class DeepSet(nn.Module):
+    """Invariant DeepSet over a set ``[..., n, k]`` (or ``[..., n]`` of scalars)."""
+
+    spec: DeepSetSpec
+    obs_ndim: int
+
+    @nn.compact
+    def __call__(self, y):
+        if self.obs_ndim == 1:
+            y = y[..., None]
+        f = activation(self.spec.activation)
+        h = y
+        for width in self.spec.phi_hidden:
+            h = f(nn.Dense(width)(h))
+        pooled = []
+        for p in self.spec.pooling:
+            if p == "mean":
+                pooled.append(h.mean(axis=-2))
+            elif p == "max":
+                pooled.append(h.max(axis=-2))
+            elif p == "std":
+                pooled.append(jnp.sqrt(h.var(axis=-2) + 1e-6))
+            else:
+                raise ValueError(f"unknown pooling {p!r}; use mean, max or std")
+        return MLP(self.spec.rho_hidden, self.spec.out_dim, self.spec.activation)(
+            jnp.concatenate(pooled, axis=-1)
+        )
+
+
+class MLPSummary(nn.Module):
+    """Flatten the observation and apply an MLP."""
+
+    spec: MLPSummarySpec
+    obs_ndim: int
+
+    @nn.compact
+    def __call__(self, y):
+        y = y.reshape(y.shape[: y.ndim - self.obs_ndim] + (-1,))
+        return MLP(self.spec.hidden, self.spec.out_dim, self.spec.activation)(y)
+
+
+class IdentitySummary(nn.Module):
+    """The flattened observation itself."""
+
+    spec: IdentitySummarySpec
+    obs_ndim: int
+
+    def __call__(self, y):
+        return y.reshape(y.shape[: y.ndim - self.obs_ndim] + (-1,))
+
+
+def build_summary(spec, obs_ndim: int) -> nn.Module:
+    """Flax module for a summary spec; the module maps ``[..., *obs_shape] -> [..., out]``."""
+    cls = {"deepset": DeepSet, "mlp": MLPSummary, "identity": IdentitySummary}.get(spec.kind)
+    if cls is None:
+        raise ValueError(f"{spec.kind!r} is not a summary network spec")
+    return cls(spec=spec, obs_ndim=obs_ndim)
+
+
+def default_summary_spec(obs_kind: str, obs_shape: tuple[int, ...]):
+    """A sensible summary network for the observation kind."""
+    if obs_kind == "set":
+        return DeepSetSpec()
+    size = 1
+    for s in obs_shape:
+        size *= s
+    if obs_kind == "vector" and size <= 16:
+        return IdentitySummarySpec()
+    return MLPSummarySpec()
