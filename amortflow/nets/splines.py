@@ -1,0 +1,101 @@
+"""Rational-quadratic spline (Durkan et al., 2019) with linear identity tails, vectorised for
+batches of per-element splines.
+
+Same parameterisation as ``distrax.RationalQuadraticSpline(params, -bound, bound,
+boundary_slopes="identity")`` (tests check agreement), but laid out for CPU SIMD: the bin axis
+is unrolled (``K`` is small), so every operation runs over the whole batch of elements instead
+of over a minor axis of length ``K``; the bin is located by counting knot comparisons and its
+parameters picked with selects, not per-scalar masked dot products. On this 2-core CPU this
+made a 6-layer spline flow's sampling pass several times faster than distrax's kernel, which
+matters because the spline's elementwise work rivals the conditioner's matrix multiplies.
+
+Shapes: ``x [...]`` and ``params [..., 3K + 1]`` (``K`` bins; the first and last slope
+parameters are unused because the boundary slopes are fixed at one).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MIN_BIN = 1e-4
+MIN_SLOPE = 1e-4
+
+
+def _knots(params, bound):
+    """Per-bin lists (length K) of left knots, widths, heights and slopes, each ``[...]``."""
+    k = (params.shape[-1] - 1) // 3
+    u = [params[..., i] for i in range(params.shape[-1])]
+    total = 2.0 * bound
+
+    def sizes(us):
+        m = us[0]
+        for v in us[1:]:
+            m = jnp.maximum(m, v)
+        e = [jnp.exp(v - m) for v in us]
+        tot = e[0]
+        for v in e[1:]:
+            tot = tot + v
+        scale = (total - k * MIN_BIN) / tot
+        return [v * scale + MIN_BIN for v in e]
+
+    w, h = sizes(u[:k]), sizes(u[k : 2 * k])
+    offset = float(np.log(np.expm1(1.0 - MIN_SLOPE)))
+    one = jnp.ones_like(u[0])
+    slopes = [one] + [jax.nn.softplus(v + offset) + MIN_SLOPE for v in u[2 * k + 1 : 3 * k]] + [one]
+    xk, yk = [jnp.full_like(u[0], -bound)], [jnp.full_like(u[0], -bound)]
+    for i in range(k - 1):
+        xk.append(xk[-1] + w[i])
+        yk.append(yk[-1] + h[i])
+    return w, h, xk, yk, slopes
+
+
+def _pick(values, masks):
+    """``values[idx]`` elementwise, with ``masks[i] = (v >= knot_{i+1})`` (monotone in i)."""
+    out = values[0]
+    for i, m in enumerate(masks):
+        out = jnp.where(m, values[i + 1], out)
+    return out
+
+
+def _bin(knots, v, w, h, xk, yk, slopes):
+    masks = [v >= kn for kn in knots[1:]]
+    return (_pick(xk, masks), _pick(w, masks), _pick(yk, masks), _pick(h, masks),
+            _pick(slopes[:-1], masks), _pick(slopes[1:], masks))
+
+
+def rq_spline_forward(x, params, bound):
+    """``y = f(x)`` and ``log f'(x)``, elementwise; ``params [..., 3K+1]`` matches ``x [...]``."""
+    w, h, xk, yk, slopes = _knots(params, bound)
+    x0, wb, y0, hb, d0, d1 = _bin(xk, x, w, h, xk, yk, slopes)
+    s = hb / wb
+    z = jnp.clip((x - x0) / wb, 0.0, 1.0)
+    z1mz = z * (1.0 - z)
+    denom = s + (d0 + d1 - 2.0 * s) * z1mz
+    y = y0 + hb * (s * z * z + d0 * z1mz) / denom
+    logdet = 2.0 * jnp.log(s) + jnp.log(d1 * z * z + 2.0 * s * z1mz + d0 * (1.0 - z) ** 2) - 2.0 * jnp.log(denom)
+    inside = jnp.abs(x) < bound
+    return jnp.where(inside, y, x), jnp.where(inside, logdet, 0.0)
+
+
+def rq_spline_inverse(y, params, bound):
+    """``x = f^{-1}(y)`` and ``log |dx/dy|``, elementwise."""
+    w, h, xk, yk, slopes = _knots(params, bound)
+    x0, wb, y0, hb, d0, d1 = _bin(yk, y, w, h, xk, yk, slopes)
+    s = hb / wb
+    t = jnp.clip((y - y0) / hb, 0.0, 1.0)
+    slopes_term = d0 + d1 - 2.0 * s
+    c = -s * t
+    b = d0 - slopes_term * t
+    a = s - b
+    sq = jnp.sqrt(jnp.maximum(b * b - 4.0 * a * c, 0.0))
+    # the numerically stable form of the root in [0, 1], chosen by the sign of b
+    num = jnp.where(b >= 0, 2.0 * c, -b + sq)
+    den = jnp.where(b >= 0, -b - sq, 2.0 * a)
+    z = jnp.clip(num / den, 0.0, 1.0)
+    z1mz = z * (1.0 - z)
+    denom = s + slopes_term * z1mz
+    x = x0 + wb * z
+    logdet = -2.0 * jnp.log(s) - jnp.log(d1 * z * z + 2.0 * s * z1mz + d0 * (1.0 - z) ** 2) + 2.0 * jnp.log(denom)
+    inside = jnp.abs(y) < bound
+    return jnp.where(inside, x, y), jnp.where(inside, logdet, 0.0)
