@@ -1,0 +1,160 @@
+"""Superchain starting points from the amortized stage, with a principled fallback.
+
+For each dataset, ``num_superchains`` starting points are drawn at random, without replacement,
+from the *distinct* candidate rows with finite log density. Candidate weights (PSIS log
+weights) and multiplicities (a PSIS-resampled set repeats rows) both enter as the probability
+of a distinct point, via Gumbel-top-k sampling -- never "the first rows after sorting".
+
+If fewer than ``num_superchains`` such points exist, the remaining slots are filled from
+``num_prior_draws`` prior draws screened for finite log density (again at random). If even
+that leaves slots empty, the finite points found so far are reused (drawn with replacement)
+and the dataset is flagged; with no finite point at all the dataset is flagged ``ok=False`` --
+never silently failed.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from amortflow.models import Model
+
+
+class InitInfo(NamedTuple):
+    """Per-dataset initialisation report (all ``[K]``).
+
+    num_valid: distinct candidates with finite log density (and finite weight).
+    num_fallback: starting points taken from screened prior draws.
+    num_reused: starting points that repeat another one (too few finite points).
+    ok: every starting point has finite log density.
+    log_density: ``[K, C0]`` log density at the chosen points.
+    """
+
+    num_valid: jax.Array
+    num_fallback: jax.Array
+    num_reused: jax.Array
+    ok: jax.Array
+    log_density: jax.Array
+
+
+def _distinct_mask(x):
+    """``[S, d]`` -> (first-occurrence mask [S], group id [S]) of identical rows."""
+    s, d = x.shape
+    order = jnp.lexsort(tuple(x[:, j] for j in range(d - 1, -1, -1)))
+    xs = x[order]
+    new = jnp.concatenate([jnp.array([True]), jnp.any(xs[1:] != xs[:-1], axis=-1)])
+    group_sorted = jnp.cumsum(new) - 1
+    group = jnp.zeros(s, group_sorted.dtype).at[order].set(group_sorted)
+    first = jnp.zeros(s, bool).at[order].set(new)
+    return first, group
+
+
+def _gumbel_top_k(key, logits, k):
+    """Indices of ``k`` draws without replacement with probabilities ~ exp(logits)."""
+    g = logits + jax.random.gumbel(key, logits.shape)
+    g = jnp.where(jnp.isfinite(logits), g, -jnp.inf)
+    _, idx = jax.lax.top_k(g, k)
+    return idx
+
+
+def _init_one(key, y, cand, logw, *, model: Model, num_superchains: int, num_prior_draws: int):
+    c0 = num_superchains
+    k_pick, k_prior, k_pick_prior, k_reuse = jax.random.split(key, 4)
+    lp = jax.vmap(lambda t: model.log_density(t, y))(cand)  # [S]
+    finite = jnp.isfinite(lp) & jnp.all(jnp.isfinite(cand), axis=-1) & jnp.isfinite(logw)
+    safe = jnp.where(finite[:, None], cand, 0.0)
+    first, group = _distinct_mask(safe)
+    # probability of a distinct point = sum of the weights of its copies
+    w = jnp.where(finite, jnp.exp(logw - jnp.max(jnp.where(finite, logw, -jnp.inf))), 0.0)
+    group_w = jax.ops.segment_sum(w, group, num_segments=cand.shape[0])
+    logits = jnp.where(first & finite, jnp.log(group_w[group]), -jnp.inf)
+    num_valid = jnp.sum(jnp.isfinite(logits))
+    idx = _gumbel_top_k(k_pick, logits, c0)
+    chosen = cand[idx]
+    chosen_lp = lp[idx]
+    slot = jnp.arange(c0)
+    from_cand = slot < num_valid  # top-k puts the finite logits first
+
+    prior = model.sample_prior(k_prior, num_prior_draws)
+    prior_lp = jax.vmap(lambda t: model.log_density(t, y))(prior)
+    prior_ok = jnp.isfinite(prior_lp) & jnp.all(jnp.isfinite(prior), axis=-1)
+    num_prior_ok = jnp.sum(prior_ok)
+    pidx = _gumbel_top_k(k_pick_prior, jnp.where(prior_ok, 0.0, -jnp.inf), c0)
+    # slot j (j >= num_valid) takes the (j - num_valid)-th random screened prior draw
+    pj = jnp.clip(slot - num_valid, 0, c0 - 1)
+    from_prior = (~from_cand) & (pj < num_prior_ok)
+    pos = jnp.where(from_prior[:, None], prior[pidx[pj]], chosen)
+    pos_lp = jnp.where(from_prior, prior_lp[pidx[pj]], chosen_lp)
+
+    # still empty slots: reuse finite points found so far (uniformly at random)
+    have = from_cand | from_prior
+    n_have = jnp.sum(have)
+    r = jax.random.randint(k_reuse, (c0,), 0, jnp.maximum(n_have, 1))
+    src = jnp.argsort(~have, stable=True)[r]  # r-th filled slot
+    reuse = (~have) & (n_have > 0)
+    pos = jnp.where(reuse[:, None], pos[src], pos)
+    pos_lp = jnp.where(reuse, pos_lp[src], pos_lp)
+    ok = jnp.all(jnp.isfinite(pos_lp)) & jnp.all(jnp.isfinite(pos))
+    return pos, InitInfo(num_valid, jnp.sum(from_prior), jnp.sum(reuse), ok, pos_lp)
+
+
+_INIT_CACHE: dict = {}
+
+
+def initialize_positions(key, model: Model, ys, candidates, candidate_log_weights=None,
+                         num_superchains: int = 16, *, num_prior_draws: int = 1024):
+    """Random, distinct, finite-density superchain starting points for every dataset.
+
+    Args:
+      key: PRNG key.
+      model: the model (``log_density(theta, y)`` is evaluated at every candidate).
+      ys: ``[K, *obs_shape]`` datasets.
+      candidates: ``[K, S, d]`` unconstrained points (PSIS-resampled or raw amortized draws).
+      candidate_log_weights: ``[K, S]`` log importance weights, or ``None`` (equal weights;
+        duplicated rows then count by multiplicity).
+      num_superchains: ``C0`` starting points per dataset.
+      num_prior_draws: prior draws screened per dataset for the fallback.
+    Returns:
+      ``(init [K, C0, d], InitInfo)``.
+    """
+    ys = jnp.asarray(ys)
+    candidates = jnp.asarray(candidates, dtype=jnp.result_type(float))
+    k, s, d = candidates.shape
+    if ys.shape[0] != k:
+        raise ValueError(f"initialize_positions: {ys.shape[0]} datasets but {k} candidate sets")
+    if d != model.dim:
+        raise ValueError(f"initialize_positions: candidates have d={d}, model has {model.dim}")
+    if s < num_superchains:  # pad with non-finite rows so top_k has enough entries
+        candidates = jnp.concatenate(
+            [candidates, jnp.full((k, num_superchains - s, d), jnp.nan, candidates.dtype)], 1)
+    if candidate_log_weights is None:
+        logw = jnp.zeros(candidates.shape[:2], candidates.dtype)
+    else:
+        logw = jnp.asarray(candidate_log_weights, candidates.dtype)
+        if logw.shape != (k, s):
+            raise ValueError(f"candidate_log_weights must be [{k}, {s}], got {logw.shape}")
+        if s < num_superchains:
+            logw = jnp.concatenate(
+                [logw, jnp.full((k, num_superchains - s), -jnp.inf, logw.dtype)], 1)
+    cache_key = (model, int(num_superchains), int(num_prior_draws))
+    fn = _INIT_CACHE.get(cache_key)
+    if fn is None:
+        one = lambda kk, y, c, w: _init_one(kk, y, c, w, model=model,  # noqa: E731
+                                             num_superchains=int(num_superchains),
+                                             num_prior_draws=int(num_prior_draws))
+        fn = _INIT_CACHE[cache_key] = jax.jit(jax.vmap(one))
+    keys = jax.random.split(key, k)
+    init, info = fn(keys, ys, candidates, logw)
+    return init, info
+
+
+def summarize_init(info: InitInfo) -> dict:
+    """Plain-number summary of an :class:`InitInfo` (for logs and tables)."""
+    return {
+        "num_datasets": int(np.asarray(info.ok).size),
+        "num_not_ok": int(np.sum(~np.asarray(info.ok))),
+        "num_with_fallback": int(np.sum(np.asarray(info.num_fallback) > 0)),
+        "num_with_reuse": int(np.sum(np.asarray(info.num_reused) > 0)),
+    }
