@@ -11,3 +11,5 @@ from amortflow.estimators import (
     load_estimator,
 )
 from amortflow import mcmc
+from amortflow import workflow
+from amortflow.workflow import WorkflowConfig, WorkflowResult, run_workflow

@@ -1,0 +1,26 @@
+"""Named configurations for built-in models: the settings the demo and benchmarks use."""
+from __future__ import annotations
+
+import dataclasses
+
+from amortflow.estimators.training import TrainConfig
+from amortflow.nets.specs import DeepSetSpec, FlowSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class NPEPreset:
+    summary: object
+    flow: FlowSpec
+    train: TrainConfig
+    num_simulations: int | None
+
+
+def gev_preset(quick: bool = False) -> NPEPreset:
+    """GEV (65 iid observations, 3 parameters), the paper's training budget of 10k simulations."""
+    return NPEPreset(
+        summary=DeepSetSpec(phi_hidden=(64, 64), rho_hidden=(64,), out_dim=16, pooling=("mean", "max")),
+        flow=FlowSpec(num_layers=6, hidden=(128, 128), num_bins=8, bound=5.0),
+        train=TrainConfig(num_steps=300 if quick else 3000, batch_size=256, learning_rate=1e-3,
+                          steps_per_call=100 if quick else 250),
+        num_simulations=2000 if quick else 10_000,
+    )

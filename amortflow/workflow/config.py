@@ -1,0 +1,60 @@
+"""Workflow configuration: thresholds and stage settings as a frozen dataclass (paper defaults)."""
+from __future__ import annotations
+
+import dataclasses
+
+from amortflow.mcmc.escalation import EscalationPolicy, default_policy
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowConfig:
+    """Settings of :func:`amortflow.run_workflow`.
+
+    Attributes:
+      num_draws: ``S`` amortized draws per dataset, and draws per dataset in the result.
+      ood_method: ``"mahalanobis"`` (default), ``"mmd"``, or ``None`` (no OOD check: every
+        dataset goes to PSIS).
+      ood_alpha: OOD threshold is the empirical ``1 - alpha`` quantile of held-out simulations.
+      num_ood_simulations: fresh prior-predictive simulations for the OOD reference (half fit
+        the detector, half set its threshold).
+      psis_on_all: run the PSIS gate on every dataset, not only OOD-flagged ones (the paper's
+        recommendation for high-stakes use). PSIS diagnostics are reported for all datasets
+        either way; this only changes which datasets must pass them.
+      khat_threshold: Pareto k-hat gate; ``None`` = ``min(1 - 1/log10 S, 0.7)``.
+      psis_resample_replace: PSIS-accepted draws are a weighted resample with replacement (else
+        without).
+      mcmc: the escalation policy of stages 3-4 (``None``: ChEES -> longer ChEES -> NUTS with
+        the backend's default profile, ``num_output_draws = num_draws``).
+      mcmc_chunk: datasets handed to the escalation per call; progress is written after each
+        chunk, so an interrupted run loses at most one chunk.
+      batch_size: datasets per compiled batch of the amortized stage (memory bound).
+    """
+
+    num_draws: int = 2000
+    ood_method: str | None = "mahalanobis"
+    ood_alpha: float = 0.05
+    num_ood_simulations: int = 4000
+    psis_on_all: bool = False
+    khat_threshold: float | None = None
+    psis_resample_replace: bool = True
+    mcmc: EscalationPolicy | None = None
+    mcmc_chunk: int = 128
+    batch_size: int | None = None
+
+    def __post_init__(self):
+        if self.num_draws < 10:
+            raise ValueError(f"num_draws must be at least 10, got {self.num_draws}")
+        if self.ood_method not in ("mahalanobis", "mmd", None):
+            raise ValueError(f"ood_method must be 'mahalanobis', 'mmd' or None, got {self.ood_method!r}")
+        if not 0.0 < self.ood_alpha < 1.0:
+            raise ValueError(f"ood_alpha must be in (0, 1), got {self.ood_alpha}")
+
+    def policy(self) -> EscalationPolicy:
+        if self.mcmc is not None:
+            return dataclasses.replace(self.mcmc, num_output_draws=self.num_draws)
+        return default_policy(num_output_draws=self.num_draws)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["mcmc"] = repr(self.policy())
+        return d

@@ -1,0 +1,192 @@
+"""``WorkflowResult``: per-dataset route, draws, diagnostics and cost; tables, ArviZ and files.
+
+On disk (a directory): ``draws.nc`` (netCDF via xarray/h5netcdf: unconstrained draws
+``[dataset, draw, param]``), ``table.csv`` (one row per dataset; also ``table.parquet`` when
+pyarrow is installed), ``result.json`` (routes, reasons, stage costs, configuration, names).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+ROUTES = ("amortized", "psis", "mcmc", "nuts", "failed")
+FORMAT = "amortflow-workflow-result"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(eq=False)
+class WorkflowResult:
+    """Outcome of :func:`amortflow.run_workflow` for ``K`` datasets.
+
+    Attributes:
+      route: ``[K]`` one of ``"amortized" | "psis" | "mcmc" | "nuts" | "failed"``.
+      reason: ``[K]`` why a dataset failed or was escalated (empty when accepted at stage 1).
+      draws: ``[K, S, d]`` accepted draws in the unconstrained space (NaN rows for failed).
+      diagnostics: name -> ``[K]`` array (OOD score/flag, k-hat, PSIS ESS, nested R-hat, ESS,
+        divergences, step size, MCMC stage, log-density and gradient evaluations).
+      stage_time_s: stage -> wall seconds; ``stage_counts``: stage -> datasets processed.
+      param_names, model_name, config: what produced the result.
+    """
+
+    route: np.ndarray
+    reason: np.ndarray
+    draws: np.ndarray
+    diagnostics: dict[str, np.ndarray]
+    stage_time_s: dict[str, float]
+    stage_counts: dict[str, int]
+    param_names: tuple[str, ...]
+    model_name: str
+    config: dict = dataclasses.field(default_factory=dict)
+    model: Any = None  # the Model, when available (for constrain / inference_data)
+    mcmc_stage_time_s: dict = dataclasses.field(default_factory=dict)  # within "mcmc", per stage
+
+    @property
+    def num_datasets(self) -> int:
+        return int(self.route.shape[0])
+
+    def route_counts(self) -> dict[str, int]:
+        """Datasets per route, in workflow order."""
+        return {r: int((self.route == r).sum()) for r in ROUTES}
+
+    @property
+    def total_time_s(self) -> float:
+        return float(sum(self.stage_time_s.values()))
+
+    def constrained_draws(self) -> dict[str, np.ndarray]:
+        """Draws on the constrained scale: name -> ``[K, S]`` (needs the model)."""
+        if self.model is None:
+            raise ValueError("constrained draws need the model: WorkflowResult.load(path, model=...)")
+        import jax
+        import jax.numpy as jnp
+
+        out = jax.jit(self.model.constrain)(jnp.asarray(np.nan_to_num(self.draws)))
+        bad = ~np.isfinite(self.draws).all(axis=(1, 2))
+        res = {}
+        for k, v in out.items():
+            v = np.array(v, dtype=np.float64)
+            v[bad] = np.nan
+            res[k] = v
+        return res
+
+    def table(self):
+        """pandas DataFrame, one row per dataset: route, reason, every diagnostic and cost, and
+        posterior mean / sd of each (constrained when the model is known) parameter."""
+        import pandas as pd
+
+        cols: dict[str, Any] = {"dataset": np.arange(self.num_datasets), "route": self.route,
+                                "reason": self.reason}
+        cols.update({k: np.asarray(v) for k, v in self.diagnostics.items()})
+        named = (self.constrained_draws() if self.model is not None
+                 else {n: self.draws[:, :, j] for j, n in enumerate(self.param_names)})
+        for name, v in named.items():
+            if v.ndim == 2:  # failed datasets have NaN draws, hence NaN summaries
+                cols[f"{name}_mean"] = v.mean(axis=1)
+                cols[f"{name}_sd"] = v.std(axis=1)
+        return pd.DataFrame(cols)
+
+    def summary(self) -> str:
+        """Routing table and stage times as text."""
+        counts = self.route_counts()
+        lines = [f"{self.model_name}: {self.num_datasets} datasets"]
+        for r in ROUTES:
+            lines.append(f"  {r:<10} {counts[r]:>6}  ({100 * counts[r] / max(self.num_datasets, 1):5.1f}%)")
+        lines.append("stage times:")
+        for k, v in self.stage_time_s.items():
+            lines.append(f"  {k:<22} {v:8.1f} s  ({self.stage_counts.get(k, 0)} datasets)")
+            if k == "mcmc":
+                for st, t in self.mcmc_stage_time_s.items():
+                    lines.append(f"    {st:<20} {t:8.1f} s  ({self.stage_counts.get('mcmc:' + st, 0)} accepted)")
+        lines.append(f"  {'total':<22} {self.total_time_s:8.1f} s")
+        return "\n".join(lines)
+
+    def inference_data(self, i: int):
+        """ArviZ ``InferenceData`` of dataset ``i`` (constrained names; one pooled chain)."""
+        import arviz as az
+
+        if self.model is not None:
+            post = {k: np.asarray(v[i])[None] for k, v in self.constrained_draws().items()}
+        else:
+            post = {n: self.draws[i, :, j][None] for j, n in enumerate(self.param_names)}
+        idata = az.from_dict(posterior=post)
+        idata.posterior.attrs.update({
+            "route": str(self.route[i]), "reason": str(self.reason[i]), "dataset": int(i),
+            "model": self.model_name,
+            **{k: float(np.asarray(v[i])) for k, v in self.diagnostics.items()
+               if np.asarray(v).dtype.kind in "fiub"},
+        })
+        return idata
+
+    # ------------------------------------------------------------------ files
+    def save(self, path) -> None:
+        """Write ``draws.nc``, ``table.csv`` (+ ``table.parquet`` if pyarrow), ``result.json``."""
+        import xarray as xr
+
+        os.makedirs(path, exist_ok=True)
+        ds = xr.Dataset(
+            {"draws": (("dataset", "draw", "param"), np.asarray(self.draws, np.float32))},
+            coords={"dataset": np.arange(self.num_datasets), "param": list(self.param_names)},
+            attrs={"model": self.model_name, "space": "unconstrained"},
+        )
+        tmp = os.path.join(path, "draws.nc.tmp")
+        ds.to_netcdf(tmp, engine="h5netcdf")
+        os.replace(tmp, os.path.join(path, "draws.nc"))
+        table = self.table()
+        table.to_csv(os.path.join(path, "table.csv"), index=False)
+        try:
+            table.to_parquet(os.path.join(path, "table.parquet"), index=False)
+        except ImportError:
+            pass
+        meta = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "model_name": self.model_name, "param_names": list(self.param_names),
+            "route": [str(r) for r in self.route], "reason": [str(r) for r in self.reason],
+            "diagnostics": {k: np.asarray(v).tolist() for k, v in self.diagnostics.items()},
+            "stage_time_s": self.stage_time_s, "stage_counts": self.stage_counts,
+            "mcmc_stage_time_s": self.mcmc_stage_time_s, "config": self.config,
+        }
+        with open(os.path.join(path, "result.json"), "w") as f:
+            json.dump(meta, f, default=_json_default)
+
+    @classmethod
+    def load(cls, path, model=None) -> "WorkflowResult":
+        """Read a result written by :meth:`save`; validates format and shapes."""
+        import xarray as xr
+
+        jf, nf = os.path.join(path, "result.json"), os.path.join(path, "draws.nc")
+        for f in (jf, nf):
+            if not os.path.isfile(f):
+                raise ValueError(f"{path}: missing {os.path.basename(f)} (not a saved WorkflowResult)")
+        with open(jf) as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise ValueError(f"{jf}: not a readable amortflow workflow result")
+        with xr.open_dataset(nf, engine="h5netcdf") as ds:
+            draws = np.asarray(ds["draws"].values)
+        k = len(meta["route"])
+        if draws.ndim != 3 or draws.shape[0] != k or draws.shape[2] != len(meta["param_names"]):
+            raise ValueError(f"{nf}: draws of shape {draws.shape} do not match {k} datasets and "
+                             f"{len(meta['param_names'])} parameters")
+        bad = set(meta["route"]) - set(ROUTES)
+        if bad:
+            raise ValueError(f"{jf}: unknown routes {sorted(bad)}")
+        diags = {key: np.asarray(v) for key, v in meta["diagnostics"].items()}
+        for key, v in diags.items():
+            if v.shape[0] != k:
+                raise ValueError(f"{jf}: diagnostic {key!r} has {v.shape[0]} rows, expected {k}")
+        return cls(route=np.asarray(meta["route"], dtype=object), reason=np.asarray(meta["reason"], dtype=object),
+                   draws=draws, diagnostics=diags, stage_time_s=meta["stage_time_s"],
+                   stage_counts=meta["stage_counts"], param_names=tuple(meta["param_names"]),
+                   model_name=meta["model_name"], config=meta.get("config", {}), model=model,
+                   mcmc_stage_time_s=meta.get("mcmc_stage_time_s", {}))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
