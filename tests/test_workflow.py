@@ -1,0 +1,139 @@
+"""End-to-end workflow on the conjugate Gaussian model (analytic posterior) and GEV edge cases."""
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import amortflow as af
+from amortflow.mcmc import CheesConfig, EscalationPolicy, NutsConfig, Stage
+from amortflow.nets import DeepSetSpec, FlowSpec
+
+S = 400
+CHEES = CheesConfig.cpu_profile(num_superchains=4, chains_per_superchain=8, num_warmup=150, num_samples=64)
+NUTS = NutsConfig.cpu_profile(num_chains=4, num_warmup=300, num_samples=400, rhat_threshold=1.05)
+
+
+def _policy(*stages):
+    return EscalationPolicy(stages=tuple(stages), num_output_draws=S, bucket_size=4, num_prior_draws=256)
+
+
+def _check_posterior(model, ys, draws, rows):
+    mean, sd = af.models.gaussian_mean_posterior(model, ys[rows])
+    d = draws[rows]
+    z = (d.mean(1) - np.asarray(mean)) / np.asarray(sd)
+    ratio = d.std(1) / np.asarray(sd)
+    assert np.abs(z).max() < 0.35, z  # MC error of the mean ~ 1/sqrt(ESS) << 0.35
+    assert np.abs(ratio - 1).max() < 0.2, ratio
+
+
+@pytest.fixture(scope="module")
+def data(gaussian_model):
+    _, ys = gaussian_model.sample_prior_predictive(jax.random.PRNGKey(11), 6)
+    return np.asarray(ys)
+
+
+@pytest.mark.parametrize(
+    "expected, cfg",
+    [
+        # in-distribution datasets are accepted straight from the amortized draws
+        ("amortized", dict(ood_alpha=1e-3, psis_on_all=False, mcmc=_policy(Stage("chees", CHEES)))),
+        # every dataset must pass PSIS; a good estimator passes it
+        ("psis", dict(psis_on_all=True, khat_threshold=0.7, mcmc=_policy(Stage("chees", CHEES)))),
+        # an impossible k-hat gate sends every dataset to many-chain MCMC
+        ("mcmc", dict(psis_on_all=True, khat_threshold=-np.inf, mcmc=_policy(Stage("chees", CHEES)))),
+        # ChEES with an impossible R-hat gate escalates to NUTS
+        ("nuts", dict(psis_on_all=True, khat_threshold=-np.inf,
+                      mcmc=_policy(Stage("chees", dataclasses.replace(CHEES, rhat_threshold=1.0)),
+                                   Stage("nuts", NUTS, init_from="previous")))),
+    ],
+)
+def test_forced_routes_match_analytic_posterior(gaussian_model, gaussian_estimator, data, expected, cfg):
+    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, **cfg)
+    res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, gaussian_estimator, data, config, progress=False)
+    rows = np.nonzero(res.route == expected)[0]
+    assert rows.size >= 5, res.route  # (the OOD check may flag a dataset at random)
+    _check_posterior(gaussian_model, data, res.draws, rows)
+    t = res.table()
+    assert list(t.route) == list(res.route) and np.isfinite(t.khat).all()
+    if expected in ("mcmc", "nuts"):
+        assert (t.nested_rhat_max[rows] < 1.05).all() and (t.num_grad_evals[rows] > 0).all()
+        assert res.stage_counts["mcmc"] == 6
+
+
+def test_unconverged_datasets_fail_with_diagnostics(gaussian_model, gaussian_estimator, data):
+    config = af.WorkflowConfig(num_draws=S, psis_on_all=True, khat_threshold=-np.inf, num_ood_simulations=1000,
+                               mcmc=_policy(Stage("chees", dataclasses.replace(CHEES, rhat_threshold=1.0))))
+    res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, gaussian_estimator, data, config, progress=False)
+    assert (res.route == "failed").all()
+    assert all("nested R-hat" in r and "divergences" in r for r in res.reason)
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, gaussian_model, gaussian_estimator, data):
+    from amortflow.workflow import run as wf
+
+    config = af.WorkflowConfig(num_draws=S, psis_on_all=True, khat_threshold=-np.inf, num_ood_simulations=1000,
+                               mcmc_chunk=2, mcmc=_policy(Stage("chees", CHEES)))
+    key = jax.random.PRNGKey(5)
+    full = af.run_workflow(key, gaussian_model, gaussian_estimator, data, config, progress=False)
+
+    real = wf.run_escalation
+    calls = []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is killed during the second MCMC chunk
+        return real(*a, **k)
+
+    monkeypatch.setattr(wf, "run_escalation", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        af.run_workflow(key, gaussian_model, gaussian_estimator, data, config, out_dir=str(tmp_path), progress=False)
+    assert sorted(p.name for p in (tmp_path / "progress").glob("*.npz")) == ["mcmc_0000.npz", "stage1.npz", "stage2.npz"]
+    monkeypatch.setattr(wf, "run_escalation", real)
+    calls.clear()
+    resumed = af.run_workflow(key, gaussian_model, gaussian_estimator, data, config, out_dir=str(tmp_path),
+                              progress=False)
+    assert list(resumed.route) == list(full.route)
+    np.testing.assert_array_equal(resumed.draws, full.draws)
+    np.testing.assert_array_equal(resumed.diagnostics["khat"], full.diagnostics["khat"])
+    # the saved result reads back, with every diagnostic
+    loaded = af.WorkflowResult.load(tmp_path / "result", model=gaussian_model)
+    np.testing.assert_array_equal(loaded.draws, resumed.draws)
+    assert loaded.table().shape == resumed.table().shape
+    idata = loaded.inference_data(0)
+    assert idata.posterior["theta_0"].shape == (1, S)
+    # a different run may not reuse this directory's progress
+    with pytest.raises(ValueError, match="different run"):
+        af.run_workflow(jax.random.PRNGKey(6), gaussian_model, gaussian_estimator, data, config,
+                        out_dir=str(tmp_path), progress=False)
+
+
+def test_bad_datasets_fail_with_reasons_and_do_not_stop_others():
+    model = af.models.gev()
+    est = af.fit_posterior(
+        jax.random.PRNGKey(0), model, num_simulations=2000,
+        summary=DeepSetSpec(phi_hidden=(32, 32), rho_hidden=(32,), out_dim=8),
+        flow=FlowSpec(num_layers=3, hidden=(32, 32)),
+        train_config=af.TrainConfig(num_steps=300, batch_size=128), progress=False,
+    )
+    _, ys = model.sample_prior_predictive(jax.random.PRNGKey(1), 4)
+    ys = [np.asarray(y) for y in ys]
+    ys.append(np.full(64, 4.0))  # wrong shape
+    nan = ys[0].copy()
+    nan[3] = np.nan
+    ys.append(nan)
+    impossible = ys[1].copy()
+    impossible[0] = -1000.0  # outside the support of every prior draw (needs sigma/xi > 1000)
+    ys.append(impossible)
+    config = af.WorkflowConfig(num_draws=S, psis_on_all=True, num_ood_simulations=1000,
+                               mcmc=_policy(Stage("chees", CHEES)))
+    res = af.run_workflow(jax.random.PRNGKey(2), model, est, ys, config, progress=False)
+    assert res.route[4] == "failed" and "shape (64,)" in res.reason[4]
+    assert res.route[5] == "failed" and "NaN" in res.reason[5]
+    # either no finite-density start exists, or chains started at the rare finite points the
+    # estimator extrapolated to cannot move: both end as a failure that says why
+    assert res.route[6] == "failed" and ("finite" in res.reason[6] or "not converged" in res.reason[6])
+    assert not np.isfinite(res.draws[4:]).any()
+    assert (res.route[:4] != "failed").all()
+    assert np.isfinite(res.draws[:4]).all()
