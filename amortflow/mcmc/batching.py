@@ -45,13 +45,38 @@ def _masked(fn: Callable) -> Callable:
 
 
 def _local_map(fn: Callable, batch_size: int | None) -> Callable:
-    """Map ``fn`` over the leading axis of its arguments on one device."""
-    masked = _masked(fn)
+    """Map ``fn`` over the leading axis of its arguments on one device.
+
+    Padding rows must cost nothing, but ``lax.cond`` under ``vmap`` (which ``lax.map`` with a
+    ``batch_size`` applies inside each batch) turns into a select that runs both branches. So
+    the skip decision is taken per batch, outside the vmap: a batch with no active row is
+    skipped by an un-batched ``cond``; ``batch_size=1`` skips every padding row.
+    """
     if batch_size is None:
-        return jax.vmap(masked)
+        return jax.vmap(_masked(fn))
+    vfn = jax.vmap(fn)
+
+    def run_batch(active, *args):
+        def skip(*a):
+            shapes = jax.eval_shape(vfn, *a)
+            return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        def run(*a):
+            out = vfn(*a)
+            return jax.tree.map(
+                lambda o: jnp.where(active.reshape(active.shape + (1,) * (o.ndim - 1)), o, jnp.zeros_like(o)), out)
+
+        return jax.lax.cond(jnp.any(active), run, skip, *args)
 
     def mapped(active, *args):
-        return jax.lax.map(lambda a: masked(*a), (active, *args), batch_size=batch_size)
+        k = active.shape[0]
+        bs = max(1, min(batch_size, k))
+        if k % bs:
+            masked = _masked(fn)
+            return jax.lax.map(lambda a: masked(*a), (active, *args), batch_size=batch_size)
+        split = jax.tree.map(lambda a: a.reshape((k // bs, bs) + a.shape[1:]), (active, *args))
+        out = jax.lax.map(lambda a: run_batch(*a), split)
+        return jax.tree.map(lambda o: o.reshape((k,) + o.shape[2:]), out)
 
     return mapped
 
