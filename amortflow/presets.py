@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from amortflow.estimators.training import TrainConfig
-from amortflow.nets.specs import DeepSetSpec, FlowSpec
+from amortflow.nets.specs import FlowSpec, SortedSetSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +18,8 @@ class NPEPreset:
 def gev_preset(quick: bool = False) -> NPEPreset:
     """GEV (65 iid observations, 3 parameters), the paper's training budget of 10k simulations."""
     return NPEPreset(
-        summary=DeepSetSpec(phi_hidden=(64, 64), rho_hidden=(64,), out_dim=16, pooling=("mean", "max")),
+        # order statistics + MLP: better validation loss than a DeepSet at ~2/3 of the step time
+        summary=SortedSetSpec(hidden=(128, 128), out_dim=16),
         flow=FlowSpec(num_layers=6, hidden=(128, 128), num_bins=8, bound=5.0),
         train=TrainConfig(num_steps=300 if quick else 3000, batch_size=256, learning_rate=1e-3,
                           steps_per_call=100 if quick else 250),

@@ -118,3 +118,15 @@ def test_spline_kernel_matches_distrax():
         np.testing.assert_allclose(np.asarray(xi), np.asarray(xi_ref), atol=1e-8)
         np.testing.assert_allclose(np.asarray(ldi), np.asarray(ldi_ref), atol=1e-8)
         np.testing.assert_allclose(np.asarray(xi), np.asarray(x), atol=1e-8)
+
+
+def test_sorted_set_summary_is_permutation_invariant():
+    from amortflow.nets import SortedSetSpec
+
+    for shape in ((65,), (20, 3)):
+        net = build_summary(SortedSetSpec(hidden=(16,), out_dim=4), obs_ndim=len(shape))
+        y = jax.random.normal(jax.random.PRNGKey(0), (3,) + shape)
+        p = net.init(jax.random.PRNGKey(1), y)
+        perm = jax.random.permutation(jax.random.PRNGKey(2), shape[0])
+        np.testing.assert_allclose(np.asarray(net.apply(p, y)), np.asarray(net.apply(p, y[:, perm])), atol=1e-6)
+        assert net.apply(p, y).shape == (3, 4)

@@ -6,6 +6,7 @@ from amortflow.nets.specs import (
     FlowSpec,
     IdentitySummarySpec,
     MLPSummarySpec,
+    SortedSetSpec,
     spec_from_dict,
     spec_to_dict,
 )
@@ -13,5 +14,5 @@ from amortflow.nets.summary import build_summary, default_summary_spec
 
 __all__ = [
     "ConditionalFlow", "std_normal_logpdf", "MLP", "DeepSetSpec", "FlowSpec", "IdentitySummarySpec",
-    "MLPSummarySpec", "spec_from_dict", "spec_to_dict", "build_summary", "default_summary_spec",
+    "MLPSummarySpec", "SortedSetSpec", "spec_from_dict", "spec_to_dict", "build_summary", "default_summary_spec",
 ]

@@ -28,6 +28,20 @@ class DeepSetSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class SortedSetSpec:
+    """Invariant summary of a set of scalars ``[n]`` (or ``[n, k]``, sorted per feature):
+    sort along the set axis, then an MLP. The order statistics are a sufficient, permutation-
+    invariant representation of iid data and put extremes (which bound the support of models
+    such as GEV) in fixed input slots; for n ~ 100 this is ~10x cheaper than a DeepSet's
+    per-element network."""
+
+    hidden: tuple[int, ...] = (128, 128)
+    out_dim: int = 16
+    activation: str = "gelu"
+    kind: str = "sorted_mlp"
+
+
+@dataclasses.dataclass(frozen=True)
 class MLPSummarySpec:
     """Flattened observation -> MLP -> ``out_dim`` (vector data)."""
 
@@ -70,7 +84,7 @@ class FlowSpec:
 
 
 _SPECS = {cls.__dataclass_fields__["kind"].default: cls for cls in
-          (DeepSetSpec, MLPSummarySpec, IdentitySummarySpec, FlowSpec)}
+          (DeepSetSpec, SortedSetSpec, MLPSummarySpec, IdentitySummarySpec, FlowSpec)}
 
 
 def spec_to_dict(spec) -> dict[str, Any]:

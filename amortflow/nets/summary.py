@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from amortflow.nets.layers import MLP, activation
-from amortflow.nets.specs import DeepSetSpec, IdentitySummarySpec, MLPSummarySpec
+from amortflow.nets.specs import DeepSetSpec, IdentitySummarySpec, MLPSummarySpec, SortedSetSpec
 
 
 class DeepSet(nn.Module):
@@ -37,6 +37,20 @@ class DeepSet(nn.Module):
         )
 
 
+class SortedSetSummary(nn.Module):
+    """Sort the set along its element axis (per feature), flatten, MLP."""
+
+    spec: SortedSetSpec
+    obs_ndim: int
+
+    @nn.compact
+    def __call__(self, y):
+        axis = y.ndim - self.obs_ndim  # the set axis
+        y = jnp.sort(y, axis=axis)
+        y = y.reshape(y.shape[:axis] + (-1,))
+        return MLP(self.spec.hidden, self.spec.out_dim, self.spec.activation)(y)
+
+
 class MLPSummary(nn.Module):
     """Flatten the observation and apply an MLP."""
 
@@ -61,7 +75,8 @@ class IdentitySummary(nn.Module):
 
 def build_summary(spec, obs_ndim: int) -> nn.Module:
     """Flax module for a summary spec; the module maps ``[..., *obs_shape] -> [..., out]``."""
-    cls = {"deepset": DeepSet, "mlp": MLPSummary, "identity": IdentitySummary}.get(spec.kind)
+    cls = {"deepset": DeepSet, "sorted_mlp": SortedSetSummary, "mlp": MLPSummary,
+           "identity": IdentitySummary}.get(spec.kind)
     if cls is None:
         raise ValueError(f"{spec.kind!r} is not a summary network spec")
     return cls(spec=spec, obs_ndim=obs_ndim)
