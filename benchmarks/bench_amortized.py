@@ -84,9 +84,10 @@ def main():
     first_call = time.perf_counter() - t0
     t_sample = best_time(lambda: jax.block_until_ready(est.sample_and_log_prob(key, test_ys, num_draws)), 3)
     total_draws = num_datasets * num_draws
-    bs_ds = max(1, min(num_datasets, (1 << 19) // num_draws))
-    xla_flops = compiled_flops(_sample_and_log_prob, spec, est.params, std, key, jnp.asarray(test_ys, jnp.float32),
-                               None, num_draws, bs_ds)
+    n_dev = len(jax.devices())
+    bs_ds = max(1, min(num_datasets // n_dev, (1 << 19) // num_draws))
+    xla_flops = compiled_flops(_sample_and_log_prob, spec, est.params, std, jax.random.split(key, num_datasets),
+                               jnp.asarray(test_ys, jnp.float32), None, num_draws, bs_ds, n_dev)
     mm_flops = matmul_flops_per_draw(spec) * total_draws
     achieved = mm_flops / t_sample / 1e9
     print(f"sampling {num_datasets} x {num_draws}: {t_sample:.2f} s, {total_draws / t_sample:.3g} draws/s, "

@@ -120,17 +120,27 @@ def npe_loss(spec: NPESpec, params, std: Standardization, batch, key=None):
     return -jnp.mean(log_prob_from_context(spec, params, std, theta, ctx))
 
 
-@partial(jax.jit, static_argnames=("spec", "num_draws", "batch_size"))
-def _sample_and_log_prob(spec, params, std, key, ys, conditions, num_draws, batch_size):
-    keys = jax.random.split(key, ys.shape[0])
+@partial(jax.jit, static_argnames=("spec", "num_draws", "batch_size", "num_devices"))
+def _sample_and_log_prob(spec, params, std, keys, ys, conditions, num_draws, batch_size, num_devices=1):
+    """Draws for datasets ``ys [K, ...]`` with per-dataset ``keys [K]``; ``K`` a multiple of
+    ``num_devices``. The dataset axis is sharded over the devices; on each, ``lax.map`` runs
+    ``batch_size`` datasets at a time (memory bound) and the summary network once per dataset."""
 
-    def one(args):
-        k, y, cond = args
-        ctx = context(spec, params, std, y[None], None if cond is None else cond[None])[0]
-        return sample_from_context(spec, params, std, k, ctx, num_draws)
+    def local(params, std, keys, ys, conditions):
+        def one(args):
+            k, y, cond = args
+            ctx = context(spec, params, std, y[None], None if cond is None else cond[None])[0]
+            return sample_from_context(spec, params, std, k, ctx, num_draws)
 
-    # the summary network runs once per dataset; lax.map bounds memory to batch_size datasets
-    return jax.lax.map(one, (keys, ys, conditions), batch_size=batch_size)
+        return jax.lax.map(one, (keys, ys, conditions), batch_size=batch_size)
+
+    if num_devices == 1:
+        return local(params, std, keys, ys, conditions)
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    mesh = Mesh(np.asarray(jax.devices()[:num_devices]), ("data",))
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data"), P("data"), P("data")),
+                         out_specs=P("data"), check_vma=False)(params, std, keys, ys, conditions)
 
 
 @partial(jax.jit, static_argnames=("spec", "batch_size"))
@@ -218,9 +228,19 @@ class PosteriorEstimator:
           ``(draws [K, S, d], log_q [K, S])`` in the model's unconstrained space.
         """
         ys = self._check(ys)
-        bs = batch_size or max(1, min(ys.shape[0], (1 << 19) // max(num_draws, 1)))
-        return _sample_and_log_prob(self.spec, self.params, self.standardization, key, ys,
-                                    _as_conditions(self.spec, conditions, ys.shape[0]), int(num_draws), int(bs))
+        k = ys.shape[0]
+        n_dev = min(len(jax.devices()), k)
+        pad = -k % n_dev
+        keys = jax.random.split(key, k)  # per-dataset keys: results do not depend on padding
+        cond = _as_conditions(self.spec, conditions, k)
+        if pad:
+            keys, ys = jnp.concatenate([keys, keys[:pad]]), jnp.concatenate([ys, ys[:pad]])
+            cond = None if cond is None else jnp.concatenate([cond, cond[:pad]])
+        per_dev = (k + pad) // n_dev
+        bs = batch_size or max(1, min(per_dev, (1 << 19) // max(num_draws, 1)))
+        draws, log_q = _sample_and_log_prob(self.spec, self.params, self.standardization, keys, ys, cond,
+                                            int(num_draws), int(min(bs, per_dev)), n_dev)
+        return draws[:k], log_q[:k]
 
     def sample(self, key, ys, num_draws: int, **kw):
         """``draws [K, S, d]``."""
