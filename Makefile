@@ -20,13 +20,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(HOSTDEV) $(PY) -m amortflow.cli demo --out demo_output
 
+# two workers: much of a JAX test suite is single-threaded compilation
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-bench: $(addprefix bench-,$(BENCHES))
+# all benchmarks at quick sizes; bench-<name> runs one at full size
+bench: $(STAMP)
+	@for b in $(BENCHES); do echo "== bench $$b (quick)"; $(HOSTDEV) $(PY) benchmarks/bench_$$b.py --quick || exit 1; done
 
 bench-amortized: $(STAMP)
 	$(HOSTDEV) $(PY) benchmarks/bench_amortized.py

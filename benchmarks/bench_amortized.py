@@ -92,7 +92,7 @@ def main():
     achieved = mm_flops / t_sample / 1e9
     print(f"sampling {num_datasets} x {num_draws}: {t_sample:.2f} s, {total_draws / t_sample:.3g} draws/s, "
           f"{achieved:.1f} GFLOP/s matmul = {100 * achieved / roofline:.0f}% of roofline")
-    write_result("amortized", {
+    write_result("amortized_quick" if args.quick else "amortized", {
         "quick": args.quick,
         "roofline_sgemm_gflops": roofline,
         "training": {"batch_size": bs, "steps_timed": steps, "steps_per_second": steps_per_s,

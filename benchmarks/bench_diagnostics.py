@@ -150,6 +150,8 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "diagnostics.json"))
     args = ap.parse_args()
     q = 5 if args.quick else 1
+    if args.quick and args.out.endswith("diagnostics.json"):
+        args.out = args.out.replace("diagnostics.json", "diagnostics_quick.json")
     rng = np.random.default_rng(0)
     t_start = time.perf_counter()
     result = {

@@ -146,15 +146,18 @@ def main():
     p.add_argument("--samplers", default="chees,meads,nuts")
     p.add_argument("--skip-numpyro", action="store_true")
     p.add_argument("--out", default=RESULTS)
+    p.add_argument("--quick", action="store_true", help="16 datasets, 2 baseline datasets (make bench)")
     args = p.parse_args()
+    if args.quick:
+        args.num_datasets, args.num_baseline = 16, 2
+        if args.out == RESULTS:
+            args.out = RESULTS.replace("mcmc.json", "mcmc_quick.json")
 
     key = jax.random.PRNGKey(2024)
     model, ys, cand, logw = make_data(key, args.num_datasets)
-    cfgs = {"chees": mcmc.CheesConfig.cpu_profile(), "meads": mcmc.MeadsConfig.cpu_profile(),
-            "nuts": mcmc.NutsConfig.cpu_profile()}
-    if jax.default_backend() != "cpu":
-        cfgs = {"chees": mcmc.CheesConfig.auto(), "meads": mcmc.MeadsConfig.auto(),
-                "nuts": mcmc.NutsConfig.auto()}
+    # the configurations the workflow's default escalation ladder uses on this backend
+    cfgs = {type(st.config).__name__.replace("Config", "").lower(): st.config
+            for st in mcmc.default_policy().stages}
     result = {
         "backend": jax.default_backend(), "devices": len(jax.devices()),
         "model": "gev", "num_datasets": args.num_datasets,
