@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["plot_sbc_ecdf", "plot_sbc_histogram", "plot_coverage", "plot_psis_khat", "plot_ood_scores"]
+__all__ = ["plot_sbc_ecdf", "plot_sbc_histogram", "plot_coverage", "plot_psis_khat", "plot_ood_scores",
+           "plot_routing", "plot_workflow_diagnostics", "plot_posterior_comparison", "plot_recovery"]
 
 
 def _grid(num: int, ncols: int | None = None, size=(3.2, 2.6)):
@@ -104,12 +105,12 @@ def plot_psis_khat(khat, threshold: float | None = None, num_draws: int | None =
     bad = shown > threshold
     x = np.arange(k.size)
     ax.scatter(x[~bad], shown[~bad], s=8, color="C0", label="accepted")
-    ax.scatter(x[bad], shown[bad], s=8, color="C3", label=f"k̂ > {threshold:.2f}")
+    ax.scatter(x[bad], shown[bad], s=8, color="C3", label=rf"$\hat{{k}}$ > {threshold:.2f}")
     ax.axhline(threshold, color="C3", lw=0.8, ls="--")
     ax.set_xlabel("dataset" if labels is None else "")
     if labels is not None:
         ax.set_xticks(x, labels, rotation=90, fontsize="small")
-    ax.set_ylabel("Pareto k̂")
+    ax.set_ylabel(r"Pareto $\hat{k}$")
     ax.legend(fontsize="small")
     return fig
 
@@ -128,4 +129,278 @@ def plot_ood_scores(scores, threshold: float, heldout_scores=None, bins: int = 4
     ax.axvline(float(threshold), color="C3", ls="--", label="threshold")
     ax.set_xlabel("OOD score")
     ax.legend(fontsize="small")
+    return fig
+
+
+
+# ----------------------------------------------------------------------------- workflow results
+ROUTE_COLORS = {"amortized": "#2ca02c", "psis": "#1f77b4", "mcmc": "#ff7f0e", "nuts": "#9467bd",
+                "failed": "#d62728"}
+
+
+def _route_order():
+    from amortflow.workflow.result import ROUTES
+
+    return ROUTES
+
+
+def plot_routing(result, training_time_s: float | None = None):
+    """Two panels: datasets per route, and wall time per stage (MCMC split by escalation stage).
+
+    Args:
+      result: a :class:`~amortflow.workflow.WorkflowResult`.
+      training_time_s: if given, the (one-off) training time is shown as its own bar.
+    """
+    routes = _route_order()
+    counts = result.route_counts()
+    fig = Figure(figsize=(10.5, 3.6), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=(1, 1.35))
+    vals = [counts[r] for r in routes]
+    bars = ax1.bar(routes, vals, color=[ROUTE_COLORS[r] for r in routes])
+    k = max(result.num_datasets, 1)
+    for b, v in zip(bars, vals):
+        ax1.annotate(f"{v}\n({100 * v / k:.1f}%)", (b.get_x() + b.get_width() / 2, v), ha="center",
+                     va="bottom", fontsize="small", xytext=(0, 2), textcoords="offset points")
+    ax1.set_ylim(0, max(vals + [1]) * 1.25)
+    ax1.set_ylabel("datasets")
+    ax1.set_title(f"route of {result.num_datasets} datasets")
+
+    labels, times, colors = [], [], []
+    if training_time_s is not None:
+        labels.append("training (once)")
+        times.append(float(training_time_s))
+        colors.append("0.55")
+    stage_color = {"amortized_draws": ROUTE_COLORS["amortized"], "ood_check": ROUTE_COLORS["amortized"],
+                   "psis": ROUTE_COLORS["psis"], "mcmc": ROUTE_COLORS["mcmc"]}
+    for name, t in result.stage_time_s.items():
+        n = result.stage_counts.get(name)
+        if name == "mcmc" and result.mcmc_stage_time_s:
+            for st, ts in result.mcmc_stage_time_s.items():
+                labels.append(f"mcmc: {st}")
+                times.append(float(ts))
+                colors.append(ROUTE_COLORS["nuts"] if "nuts" in st else ROUTE_COLORS["mcmc"])
+            continue
+        labels.append(name if n is None else f"{name} ({n})")
+        times.append(float(t))
+        colors.append(stage_color.get(name, "0.4"))
+    y = np.arange(len(labels))[::-1]
+    ax2.barh(y, times, color=colors)
+    ax2.set_yticks(y, labels, fontsize="small")
+    top = max(times + [1e-3])
+    for yi, t in zip(y, times):
+        ax2.annotate(f"{t:.1f} s", (t, yi), va="center", fontsize="small", xytext=(3, 0),
+                     textcoords="offset points")
+    ax2.set_xlim(0, top * 1.22)
+    ax2.set_xlabel("wall time [s]")
+    ax2.set_title(f"time per stage (workflow total {result.total_time_s:.1f} s)")
+    return fig
+
+
+def _ood_threshold(score, flag):
+    """The OOD threshold lies between the largest unflagged and the smallest flagged score."""
+    ok = np.isfinite(score)
+    lo = score[ok & ~flag].max() if (ok & ~flag).any() else None
+    hi = score[ok & flag].min() if (ok & flag).any() else None
+    if lo is None and hi is None:
+        return None
+    if lo is None:
+        return float(hi)
+    if hi is None:
+        return float(lo)
+    return 0.5 * float(lo + hi)
+
+
+def plot_workflow_diagnostics(result, ood_threshold: float | None = None, rhat_threshold: float = 1.01,
+                              bins: int = 30):
+    """Three panels: OOD scores (threshold), Pareto k̂ (threshold), nested R̂ of MCMC datasets.
+
+    Args:
+      result: a :class:`~amortflow.workflow.WorkflowResult`.
+      ood_threshold: the OOD threshold; default: inferred from the per-dataset flags.
+      rhat_threshold: the nested-R̂ gate drawn on the third panel.
+    """
+    from amortflow.diagnostics.psis import psis_khat_threshold
+
+    dg = result.diagnostics
+    fig = Figure(figsize=(12.5, 3.4), layout="constrained")
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+
+    score = np.asarray(dg.get("ood_score", np.full(result.num_datasets, np.nan)), float)
+    flag = np.asarray(dg.get("ood_flag", np.zeros(result.num_datasets, bool)), bool)
+    ok = np.isfinite(score)
+    if ok.any():
+        thr = ood_threshold if ood_threshold is not None else _ood_threshold(score, flag)
+        s = score[ok]
+        cap = np.quantile(s, 0.98) * 1.5 if s.size > 10 else s.max()
+        cap = max(cap, thr or 0.0) * 1.05
+        shown = np.minimum(s, cap)
+        edges = np.histogram_bin_edges(shown, bins=bins)
+        ax1.hist(shown[~flag[ok]], bins=edges, color=ROUTE_COLORS["amortized"], alpha=0.8, label="in distribution")
+        ax1.hist(shown[flag[ok]], bins=edges, color=ROUTE_COLORS["failed"], alpha=0.7,
+                 label=f"flagged ({int(flag[ok].sum())})")
+        if thr is not None:
+            ax1.axvline(thr, color="k", ls="--", lw=1, label="threshold")
+        if (s > cap).any():
+            ax1.annotate(f"{int((s > cap).sum())} beyond axis (clipped)", (0.98, 0.6), xycoords="axes fraction",
+                         ha="right", fontsize="x-small")
+        ax1.legend(fontsize="x-small")
+    else:
+        ax1.text(0.5, 0.5, "OOD check off", ha="center", va="center", transform=ax1.transAxes)
+    ax1.set_xlabel("OOD score (summary space)")
+    ax1.set_ylabel("datasets")
+    ax1.set_title("stage 1: out-of-distribution check")
+
+    khat = np.asarray(dg.get("khat", np.full(result.num_datasets, np.nan)), float)
+    kthr = result.config.get("khat_threshold") if isinstance(result.config, dict) else None
+    if kthr is None:
+        s_draws = result.config.get("num_draws") if isinstance(result.config, dict) else None
+        kthr = psis_khat_threshold(int(s_draws or result.draws.shape[1]))
+    kthr = float(kthr)
+    fin = khat[np.isfinite(khat)]
+    if khat[~np.isnan(khat)].size:
+        hi = max(float(fin.max()) if fin.size else 1.0, kthr) + 0.1
+        shown = np.where(np.isinf(khat), hi, khat)[~np.isnan(khat)]
+        edges = np.histogram_bin_edges(shown, bins=bins)
+        ax2.hist(shown[shown <= kthr], bins=edges, color=ROUTE_COLORS["psis"], alpha=0.8, label=r"$\hat{k}$ ≤ threshold")
+        ax2.hist(shown[shown > kthr], bins=edges, color=ROUTE_COLORS["failed"], alpha=0.7,
+                 label=rf"$\hat{{k}}$ > threshold ({int((shown > kthr).sum())})")
+        ax2.axvline(kthr, color="k", ls="--", lw=1, label=f"threshold {kthr:.2f}")
+        ax2.legend(fontsize="x-small")
+    else:
+        ax2.text(0.5, 0.5, "no PSIS diagnostics", ha="center", va="center", transform=ax2.transAxes)
+    ax2.set_xlabel(r"Pareto $\hat{k}$ (all datasets)")
+    ax2.set_title("stage 2: PSIS")
+
+    rhat = np.asarray(dg.get("nested_rhat_max", np.full(result.num_datasets, np.nan)), float)
+    ran = np.isfinite(rhat)
+    if ran.any():
+        cap = max(rhat_threshold * 1.2, 1.1)
+        for r in ("mcmc", "nuts", "failed"):
+            sel = ran & (result.route == r)
+            if sel.any():
+                v = np.minimum(rhat[sel], cap)
+                jitter = np.linspace(-0.25, 0.25, v.size) if v.size > 1 else np.zeros(1)
+                ax3.scatter(v, np.full(v.size, ("mcmc", "nuts", "failed").index(r)) + jitter, s=12,
+                            color=ROUTE_COLORS[r], label=f"{r} ({int(sel.sum())})")
+        ax3.set_yticks([0, 1, 2], ["mcmc", "nuts", "failed"])
+        ax3.axvline(rhat_threshold, color="k", ls="--", lw=1, label=f"gate {rhat_threshold}")
+        if (rhat[ran] > cap).any():
+            ax3.annotate(f"values > {cap:.2f} drawn at {cap:.2f}", (0.98, 0.02), xycoords="axes fraction",
+                         ha="right", fontsize="x-small")
+        ax3.margins(x=0.08)
+        ax3.legend(fontsize="x-small", loc="best")
+    else:
+        ax3.text(0.5, 0.5, "no dataset needed MCMC", ha="center", va="center", transform=ax3.transAxes)
+    ax3.set_xlabel(r"max nested $\hat{R}$ (final MCMC stage)")
+    ax3.set_title("stages 3-4: MCMC convergence")
+    return fig
+
+
+def _constrained(result, draws):
+    """Constrained name -> values for unconstrained ``draws [..., d]`` (or named raw values)."""
+    draws = np.asarray(draws)
+    if result.model is not None:
+        import jax
+
+        out = jax.jit(result.model.constrain)(np.nan_to_num(draws))
+        return {k: np.asarray(v) for k, v in out.items()}
+    return {n: draws[..., j] for j, n in enumerate(result.param_names)}
+
+
+def plot_posterior_comparison(result, i: int, reference_draws=None, reference_label: str = "reference",
+                              truth: dict | None = None, bins: int = 40):
+    """Marginal posteriors of dataset ``i`` per (constrained) parameter.
+
+    Args:
+      result: a :class:`~amortflow.workflow.WorkflowResult`.
+      i: dataset index.
+      reference_draws: optional draws to overlay: unconstrained ``[S, d]`` (constrained through
+        the result's model) or a dict name -> ``[S]`` of constrained values.
+      reference_label: legend label of the reference (e.g. ``"NUTS"``, ``"amortized (stage 1)"``).
+      truth: optional name -> true (constrained) value, drawn as a vertical line.
+    """
+    i = int(i)
+    route = str(result.route[i])
+    post = _constrained(result, result.draws[i])
+    ref = None
+    if reference_draws is not None:
+        ref = ({k: np.asarray(v) for k, v in reference_draws.items()} if isinstance(reference_draws, dict)
+               else _constrained(result, reference_draws))
+    names = [n for n in post if np.ndim(post[n]) == 1]
+    fig, axes = _grid(len(names), size=(3.4, 2.7))
+    color = ROUTE_COLORS.get(route, "C0")
+    for ax, n in zip(axes, names):
+        v = post[n][np.isfinite(post[n])]
+        pool = [v] + ([ref[n][np.isfinite(ref[n])]] if ref is not None and n in ref else [])
+        allv = np.concatenate(pool) if pool else v
+        if allv.size == 0:
+            ax.text(0.5, 0.5, "no draws", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(n)
+            continue
+        lo, hi = np.quantile(allv, [0.002, 0.998])
+        edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
+        if v.size:
+            ax.hist(v, bins=edges, density=True, color=color, alpha=0.6, label=f"accepted ({route})")
+        if ref is not None and n in ref:
+            ax.hist(ref[n], bins=edges, density=True, histtype="step", color="k", lw=1.2, label=reference_label)
+        if truth is not None and n in truth:
+            ax.axvline(float(truth[n]), color="C3", ls="--", lw=1.2, label="true value")
+        ax.set_title(n)
+        ax.set_yticks([])
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), fontsize="small")
+    k = result.diagnostics.get("khat")
+    extra = rf", $\hat{{k}}$ = {float(np.asarray(k)[i]):.2f}" if k is not None and np.isfinite(np.asarray(k)[i]) else ""
+    fig.suptitle(f"dataset {i}: route {route}{extra}", fontsize="medium")
+    return fig
+
+
+def plot_recovery(true_theta_constrained: dict, result, max_points: int = 2000):
+    """Posterior mean ± sd against the true value, per constrained parameter, colored by route.
+
+    Args:
+      true_theta_constrained: name -> ``[K]`` true (constrained) values of the ``K`` datasets.
+      result: a :class:`~amortflow.workflow.WorkflowResult` of those datasets (failed datasets,
+        which have no draws, are left out).
+      max_points: at most this many datasets are drawn (evenly spaced).
+    """
+    post = result.constrained_draws() if result.model is not None else {
+        n: result.draws[:, :, j] for j, n in enumerate(result.param_names)}
+    names = [n for n in true_theta_constrained if n in post and np.ndim(post[n]) == 2]
+    if not names:
+        raise ValueError(f"no true values match the result's parameters {sorted(post)}")
+    fig, axes = _grid(len(names), size=(3.6, 3.3))
+    sel = np.arange(result.num_datasets)
+    if sel.size > max_points:
+        sel = sel[np.linspace(0, sel.size - 1, max_points).astype(int)]
+    routes = np.asarray(result.route)[sel]
+    for ax, n in zip(axes, names):
+        t = np.asarray(true_theta_constrained[n], float)
+        if t.shape[0] != result.num_datasets:
+            raise ValueError(f"true values of {n!r} have {t.shape[0]} rows, the result {result.num_datasets} datasets")
+        t = t[sel]
+        v = post[n][sel]
+        has = np.isfinite(v).any(axis=1)  # failed datasets have no draws
+        m, s = np.full(v.shape[0], np.nan), np.full(v.shape[0], np.nan)
+        m[has], s[has] = np.nanmean(v[has], axis=1), np.nanstd(v[has], axis=1)
+        for r in _route_order():
+            if r == "failed":
+                continue
+            rs = (routes == r) & np.isfinite(m)
+            if rs.any():
+                ax.errorbar(t[rs], m[rs], yerr=s[rs], fmt="o", ms=2.5, lw=0.6, alpha=0.75,
+                            color=ROUTE_COLORS[r], label=f"{r} ({int(rs.sum())})")
+        ok = np.isfinite(m)
+        if ok.any():
+            lo = float(min(t[ok].min(), (m - s)[ok].min()))
+            hi = float(max(t[ok].max(), (m + s)[ok].max()))
+            ax.plot([lo, hi], [lo, hi], color="0.4", lw=0.8)
+            r2 = 1 - np.sum((m[ok] - t[ok]) ** 2) / max(np.sum((t[ok] - t[ok].mean()) ** 2), 1e-12)
+            ax.set_title(f"{n}  (R² = {r2:.2f})")
+        else:
+            ax.set_title(n)
+        ax.set_xlabel("true value")
+    axes[0].set_ylabel("posterior mean ± sd")
+    axes[0].legend(fontsize="x-small", markerscale=2)
     return fig
