@@ -364,7 +364,8 @@ def cmd_run(args) -> int:
     cfg = workflow_config(args.num_draws, args.quick, args.psis_on_all)
     key = jax.random.PRNGKey(args.seed)
     result = af.run_workflow(key, model, est, ys, cfg, out_dir=args.out, progress=not args.no_progress)
-    print(result.summary())
+    if args.no_progress:  # with progress on, run_workflow has printed the summary already
+        print(result.summary())
     paths = write_outputs(result, args.out, truth=truth, estimator=est, key=key, ys=ys)
     print(f"wrote {os.path.join(args.out, 'result')}, {os.path.join(args.out, 'table.csv')} and "
           f"{len(paths)} figures in {os.path.join(args.out, 'figures')}")

@@ -229,7 +229,13 @@ def plot_workflow_diagnostics(result, ood_threshold: float | None = None, rhat_t
     flag = np.asarray(dg.get("ood_flag", np.zeros(result.num_datasets, bool)), bool)
     ok = np.isfinite(score)
     if ok.any():
-        thr = ood_threshold if ood_threshold is not None else _ood_threshold(score, flag)
+        saved = getattr(result, "thresholds", {}).get("ood")
+        if ood_threshold is not None:
+            thr = ood_threshold
+        elif saved is not None and np.isfinite(saved):
+            thr = saved
+        else:
+            thr = _ood_threshold(score, flag)
         s = score[ok]
         cap = np.quantile(s, 0.98) * 1.5 if s.size > 10 else s.max()
         cap = max(cap, thr or 0.0) * 1.05
@@ -251,7 +257,9 @@ def plot_workflow_diagnostics(result, ood_threshold: float | None = None, rhat_t
     ax1.set_title("stage 1: out-of-distribution check")
 
     khat = np.asarray(dg.get("khat", np.full(result.num_datasets, np.nan)), float)
-    kthr = result.config.get("khat_threshold") if isinstance(result.config, dict) else None
+    kthr = getattr(result, "thresholds", {}).get("khat")
+    if kthr is None:
+        kthr = result.config.get("khat_threshold") if isinstance(result.config, dict) else None
     if kthr is None:
         s_draws = result.config.get("num_draws") if isinstance(result.config, dict) else None
         kthr = psis_khat_threshold(int(s_draws or result.draws.shape[1]))

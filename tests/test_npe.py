@@ -131,3 +131,13 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path, monkeypatch):
     np.testing.assert_allclose(resumed.history["val_loss"], full.history["val_loss"], rtol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves(resumed.params), jax.tree_util.tree_leaves(full.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_checkpoint_from_other_settings_is_refused(tmp_path):
+    m = af.models.gaussian_mean(dim=1, num_obs=5)
+    kw = dict(num_simulations=600, flow=FlowSpec(num_layers=1, hidden=(8, 8), transform="affine"),
+              summary=DeepSetSpec(phi_hidden=(8,), rho_hidden=(8,), out_dim=2), progress=False,
+              checkpoint_dir=str(tmp_path))
+    af.fit_posterior(jax.random.PRNGKey(0), m, train_config=af.TrainConfig(num_steps=20, steps_per_call=10), **kw)
+    with pytest.raises(ValueError, match="different training settings"):
+        af.fit_posterior(jax.random.PRNGKey(0), m, train_config=af.TrainConfig(num_steps=40, steps_per_call=10), **kw)

@@ -117,7 +117,7 @@ def _make_eval(loss_fn, batch_size):
     return evaluate
 
 
-def _save_checkpoint(path, state, best_params, best_loss, history, rng_key):
+def _save_checkpoint(path, state, best_params, best_loss, history, rng_key, config=None):
     os.makedirs(path, exist_ok=True)
     payload = {"state": state, "best_params": best_params, "key": jax.random.key_data(rng_key)
                if jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else rng_key}
@@ -126,14 +126,20 @@ def _save_checkpoint(path, state, best_params, best_loss, history, rng_key):
         f.write(serialization.to_bytes(payload))
     os.replace(tmp, os.path.join(path, "train_state.msgpack"))
     with open(os.path.join(path, "train_history.json.tmp"), "w") as f:
-        json.dump({"best_loss": best_loss, "history": history}, f)
+        json.dump({"best_loss": best_loss, "history": history, "config": config}, f)
     os.replace(os.path.join(path, "train_history.json.tmp"), os.path.join(path, "train_history.json"))
 
 
-def _load_checkpoint(path, state, rng_key):
+def _load_checkpoint(path, state, rng_key, config=None):
     file = os.path.join(path, "train_state.msgpack")
     if not os.path.exists(file):
         return None
+    with open(os.path.join(path, "train_history.json")) as f:
+        saved_config = json.load(f).get("config")
+    if config is not None and saved_config is not None and saved_config != config:
+        raise ValueError(
+            f"checkpoint in {path} was written with different training settings "
+            f"({saved_config}) than this run ({config}); use another checkpoint_dir or delete it")
     target = {"state": state, "best_params": state.params, "key": rng_key}
     with open(file, "rb") as f:
         payload = serialization.from_bytes(target, f.read())
@@ -180,8 +186,9 @@ def train(
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
     best_params, best_loss = params, math.inf
     history = {"step": [], "train_loss": [], "val_loss": [], "wall_time": []}
+    ckpt_config = json.loads(json.dumps(dataclasses.asdict(config)))
     if checkpoint_dir is not None:
-        restored = _load_checkpoint(checkpoint_dir, state, key)
+        restored = _load_checkpoint(checkpoint_dir, state, key, ckpt_config)
         if restored is not None:
             state, best_params, best_loss, history, key = restored
     num_calls = math.ceil(config.num_steps / steps_per_call)
@@ -218,7 +225,7 @@ def train(
             bar.update(steps_per_call)
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", best=f"{best_loss:.3f}")
             if checkpoint_dir is not None:
-                _save_checkpoint(checkpoint_dir, state, best_params, best_loss, history, key)
+                _save_checkpoint(checkpoint_dir, state, best_params, best_loss, history, key, ckpt_config)
             if config.patience is not None and stale >= config.patience:
                 break
     finally:

@@ -43,6 +43,7 @@ class WorkflowResult:
     config: dict = dataclasses.field(default_factory=dict)
     model: Any = None  # the Model, when available (for constrain / inference_data)
     mcmc_stage_time_s: dict = dataclasses.field(default_factory=dict)  # within "mcmc", per stage
+    thresholds: dict = dataclasses.field(default_factory=dict)  # gates used: ood, khat
 
     @property
     def num_datasets(self) -> int:
@@ -146,7 +147,8 @@ class WorkflowResult:
             "route": [str(r) for r in self.route], "reason": [str(r) for r in self.reason],
             "diagnostics": {k: np.asarray(v).tolist() for k, v in self.diagnostics.items()},
             "stage_time_s": self.stage_time_s, "stage_counts": self.stage_counts,
-            "mcmc_stage_time_s": self.mcmc_stage_time_s, "config": self.config,
+            "mcmc_stage_time_s": self.mcmc_stage_time_s, "thresholds": self.thresholds,
+            "config": self.config,
         }
         with open(os.path.join(path, "result.json"), "w") as f:
             json.dump(meta, f, default=_json_default)
@@ -181,7 +183,8 @@ class WorkflowResult:
                    draws=draws, diagnostics=diags, stage_time_s=meta["stage_time_s"],
                    stage_counts=meta["stage_counts"], param_names=tuple(meta["param_names"]),
                    model_name=meta["model_name"], config=meta.get("config", {}), model=model,
-                   mcmc_stage_time_s=meta.get("mcmc_stage_time_s", {}))
+                   mcmc_stage_time_s=meta.get("mcmc_stage_time_s", {}),
+                   thresholds=meta.get("thresholds", {}))
 
 
 def _json_default(o):

@@ -222,12 +222,13 @@ def run_workflow(key, model: Model, estimator, ys, config: WorkflowConfig | None
         if cfg.ood_method is not None:
             ood_state, score_fn = fit_ood(jax.random.fold_in(key, 2), model, estimator, cfg)
             score = np.asarray(score_fn(estimator.summaries(yv)))
-            flag = score > float(ood_state.threshold)
+            ood_thr = float(ood_state.threshold)
+            flag = score > ood_thr
         else:
-            score, flag = np.full(valid.size, np.nan), np.ones(valid.size, bool)
+            score, flag, ood_thr = np.full(valid.size, np.nan), np.ones(valid.size, bool), np.nan
         t_ood = time.perf_counter() - t0
         arrays = {"draws": np.asarray(draws), "log_q": np.asarray(log_q), "score": score, "flag": flag,
-                  "t_draw": t_draw, "t_ood": t_ood}
+                  "ood_threshold": ood_thr, "t_draw": t_draw, "t_ood": t_ood}
         store.save("stage1", arrays)
     else:
         arrays = saved[0]
@@ -324,7 +325,8 @@ def run_workflow(key, model: Model, estimator, ys, config: WorkflowConfig | None
     for st in stage_times:
         counts[f"mcmc:{st}"] = int((diag["mcmc_stage"] == st).sum())
     result = WorkflowResult(route, reason, draws_out, diag, times, counts, model.param_names,
-                            model.name, cfg.to_dict(), model, mcmc_stage_time_s=stage_times)
+                            model.name, cfg.to_dict(), model, mcmc_stage_time_s=stage_times,
+                            thresholds={"ood": float(arrays["ood_threshold"]), "khat": float(thr)})
     if out_dir is not None:
         result.save(os.path.join(out_dir, "result"))
     log("[amortflow] " + result.summary().replace("\n", "\n[amortflow] "))
