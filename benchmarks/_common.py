@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 
 import jax
@@ -74,4 +75,291 @@ def write_result(name: str, payload: dict) -> str:
     with open(path, "w") as f:
         json.dump(payload, f, indent=2, default=lambda o: np.asarray(o).tolist())
     print(f"wrote {path}")
+    try:
+        print(f"wrote {write_readme()}")
+    except Exception as e:  # noqa: BLE001 - the README is a convenience, never fail the benchmark
+        print(f"README not regenerated: {type(e).__name__}: {e}")
+    return path
+
+
+# ----------------------------------------------------------------------------- small helpers
+def quantiles(x) -> dict:
+    """min / 5% / 25% / median / 75% / 95% / max of the finite entries of ``x`` ({} if none)."""
+    x = np.asarray(x, float).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {}
+    q = np.quantile(x, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
+    return dict(zip(["min", "q05", "q25", "median", "q75", "q95", "max"], map(float, q)))
+
+
+# ----------------------------------------------------------------------------- numpyro baseline
+# numpyro's MCMC recompiles on every .run and a process dies with "LLVM ERROR: Unable to allocate
+# section memory" after 25-35 datasets (DESIGN.md), so the per-dataset baseline runs in chunks of
+# fresh processes. The child imports the numpyro model from a module next to this file.
+_NUMPYRO_CHILD = r"""
+import importlib, json, sys, time
+import numpy as np
+spec = json.loads(sys.argv[1])
+sys.path.insert(0, spec["path"])
+import jax, jax.numpy as jnp
+from numpyro.infer import MCMC, NUTS
+mod = importlib.import_module(spec["module"])
+model = getattr(mod, spec["model"])
+to_init = getattr(mod, spec["init"]) if spec.get("init") else None
+d = np.load(spec["inputs"])
+ys = d["ys"]
+init = d["init"] if "init" in d.files else None
+times, samples, divs = [], {}, []
+for i in range(ys.shape[0]):
+    t0 = time.perf_counter()
+    mc = MCMC(NUTS(model, target_accept_prob=spec["target_accept"]), num_warmup=spec["num_warmup"],
+              num_samples=spec["num_samples"], num_chains=spec["num_chains"],
+              chain_method="sequential", progress_bar=False)
+    kw = {} if init is None else {"init_params": to_init(init[i])}
+    mc.run(jax.random.PRNGKey(spec["seed"] + i), jnp.asarray(ys[i]), extra_fields=("diverging",), **kw)
+    s = jax.block_until_ready(mc.get_samples(group_by_chain=True))
+    times.append(time.perf_counter() - t0)
+    for k, v in s.items():
+        samples.setdefault(k, []).append(np.asarray(v))
+    divs.append(int(np.sum(np.asarray(mc.get_extra_fields()["diverging"]))))
+    print(f"dataset {i}: {times[-1]:.1f} s", file=sys.stderr, flush=True)
+np.savez(spec["output"], times=np.asarray(times), divergences=np.asarray(divs),
+         **{"site_" + k: np.stack(v) for k, v in samples.items()})
+"""
+
+
+def numpyro_nuts_per_dataset(ys, *, module: str, model: str, init=None, init_fn: str | None = None,
+                             chunk: int = 10, num_warmup: int = 1000, num_samples: int = 1000,
+                             num_chains: int = 4, target_accept: float = 0.8, seed: int = 0,
+                             progress: bool = True) -> dict:
+    """numpyro NUTS on every dataset of ``ys [n, ...]``, one ``MCMC.run`` per dataset (sequential
+    chains), ``chunk`` datasets per fresh subprocess (one host device, as a user would run it).
+
+    ``module:model`` is a numpyro model ``model(y)`` importable from ``benchmarks/``; with ``init
+    [n, num_chains, d]`` the child passes ``module.init_fn(init[i])`` as ``init_params``.
+    Returns per-dataset wall times (construction + compile + warmup + sampling; the process
+    start and imports are reported separately as ``process_wall_s``), divergences, and samples
+    per site ``[n, num_chains, num_samples, ...]``.
+    """
+    import tempfile
+
+    ys = np.asarray(ys)
+    n = ys.shape[0]
+    times, divs, samples, proc_walls = [], [], {}, []
+    starts = list(range(0, n, chunk))
+    it = starts
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(starts, desc="numpyro NUTS (fresh process per chunk)", unit="chunk")
+    env = dict(os.environ, XLA_FLAGS="")
+    with tempfile.TemporaryDirectory() as tmp:
+        for s0 in it:
+            inputs, output = os.path.join(tmp, f"in_{s0}.npz"), os.path.join(tmp, f"out_{s0}.npz")
+            arrays = {"ys": ys[s0:s0 + chunk]}
+            if init is not None:
+                arrays["init"] = np.asarray(init)[s0:s0 + chunk]
+            np.savez(inputs, **arrays)
+            spec = {"path": os.path.dirname(os.path.abspath(__file__)), "module": module, "model": model,
+                    "init": init_fn if init is not None else None, "inputs": inputs, "output": output,
+                    "num_warmup": num_warmup, "num_samples": num_samples, "num_chains": num_chains,
+                    "target_accept": target_accept, "seed": seed + s0}
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", _NUMPYRO_CHILD, json.dumps(spec)],
+                                  capture_output=True, text=True, env=env)
+            proc_walls.append(time.perf_counter() - t0)
+            if proc.returncode != 0:
+                raise RuntimeError(f"numpyro child failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+            with np.load(output) as z:
+                times += z["times"].tolist()
+                divs += z["divergences"].tolist()
+                for k in z.files:
+                    if k.startswith("site_"):
+                        samples.setdefault(k[5:], []).append(z[k])
+    return {"times_s": times, "divergences": divs, "process_wall_s": proc_walls, "chunk_size": chunk,
+            "samples": {k: np.concatenate(v) for k, v in samples.items()}}
+
+
+# ----------------------------------------------------------------------------- README
+README = os.path.join(os.path.dirname(__file__), "README.md")
+
+
+def _fmt(x, nd=3):
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if not np.isfinite(x):
+        return "–"
+    if x != 0 and (abs(x) >= 1e7 or abs(x) < 10 ** (-nd)):
+        return f"{x:.{nd - 1}e}"
+    if abs(x) >= 100:
+        return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.1f}"
+    return f"{x:.{nd}f}".rstrip("0").rstrip(".")
+
+
+def _table(rows, header=("quantity", "value")) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        out.append("| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in r) + " |")
+    return out
+
+
+def _env_line(d: dict) -> str:
+    e = d.get("environment") or {}
+    parts = [f"backend {e.get('backend', d.get('backend', '?'))}",
+             f"{len(e.get('devices', [])) or d.get('devices', d.get('num_devices', '?'))} device(s)",
+             f"{e.get('cpu_count', d.get('cpu_count', '?'))} CPU cores"]
+    if e.get("commit"):
+        parts.append(f"commit {e['commit']}")
+    if e.get("date"):
+        parts.append(e["date"])
+    if e.get("load_average"):
+        parts.append("load avg " + "/".join(f"{v:.1f}" for v in e["load_average"]))
+    return "_" + ", ".join(parts) + (", **quick mode**" if d.get("quick") else "") + "_"
+
+
+def _section_gev(d: dict) -> list[str]:
+    g = d.get("goals", {})
+    w, t = d.get("workflow", {}), d.get("training", {})
+    a, b = d.get("baseline_a_numpyro", {}), d.get("baseline_b_batched_nuts", {})
+    acc, sp = d.get("accuracy", {}), d.get("speedups", {})
+    n = d.get("num_datasets")
+    rc = w.get("route_counts", {})
+    lines = [_env_line(d), "",
+             f"{n} test datasets from the doubled-scale prior; network trained on "
+             f"{t.get('num_simulations')} simulations (`gev_preset({'quick=True' if d.get('quick') else ''})`); "
+             f"workflow: {w.get('config_source', '')}. (A) is **scaled** from "
+             f"{a.get('num_datasets_timed')} datasets; (B) is measured on all of them.", ""]
+    rows = [("datasets accepted: " + r, f"{c} ({100 * c / max(n or 1, 1):.1f}%)") for r, c in rc.items()]
+    rows += [("training wall time incl. simulation (s)", t.get("wall_s"))]
+    for k, v in (w.get("stage_time_s") or {}).items():
+        rows.append((f"workflow stage `{k}` (s)", v))
+        if k == "mcmc":
+            for st, tv in (w.get("mcmc_stage_time_s") or {}).items():
+                rows.append((f"&nbsp;&nbsp;MCMC sub-stage `{st}` (s)", tv))
+    rows += [("workflow wall time (s)", w.get("wall_s")),
+             ("**total: training + workflow (s)**", d.get("total_s")),
+             (f"(A) numpyro NUTS per dataset, {a.get('num_datasets_timed')} timed, scaled to {n} (s)",
+              a.get("scaled_total_s")),
+             (f"(B) batched NUTS (amortflow), all {b.get('num_datasets')} datasets, measured (s)",
+              b.get("wall_s")),
+             ("speed-up vs A (total incl. training)", sp.get("vs_a_total")),
+             ("speed-up vs B (total incl. training)", sp.get("vs_b_total")),
+             ("accurate / evaluable datasets",
+              f"{acc.get('num_accurate')} / {acc.get('num_evaluable')} ({100 * (acc.get('fraction_accurate') or 0):.1f}%)"),
+             ("reference runs not converged (excluded)", acc.get("num_reference_not_converged"))]
+    for r, c in (acc.get("by_route") or {}).items():
+        if c.get("evaluable"):
+            rows.append((f"&nbsp;&nbsp;accurate, route {r}", f"{c['accurate']} / {c['evaluable']}"))
+    m = acc.get("metrics") or {}
+    if m:
+        q = lambda k: (m.get(k) or {})  # noqa: E731
+        rows += [("marginal TV: median / 95% / max",
+                  f"{_fmt(q('marginal_tv').get('median'))} / {_fmt(q('marginal_tv').get('q95'))} / {_fmt(q('marginal_tv').get('max'))}"),
+                 ("noise floor of marginal TV: median",
+                  _fmt(((m.get("noise_floor") or {}).get("marginal_tv") or {}).get("median"))),
+                 ("max abs. mean error (posterior sds): median / 95%",
+                  f"{_fmt(q('max_abs_mean_error_std').get('median'))} / {_fmt(q('max_abs_mean_error_std').get('q95'))}"),
+                 ("fraction with marginal TV < 0.2 (paper's rule)", m.get("fraction_paper_tv_lt_0.2"))]
+    for label, base in (("(B) batched NUTS", b), ("(A) numpyro", a)):
+        ab = base.get("accuracy_vs_reference") if base else None
+        if ab:
+            rows.append((f"{label} vs reference, accurate by the same criterion",
+                         f"{ab.get('num_accurate')} / {ab.get('num_evaluated')}"))
+    lines += _table(rows)
+    if g:
+        lines += ["", "Goals: " + ", ".join(f"{k} **{'PASS' if v else 'FAIL'}**" for k, v in g.items())]
+    if acc.get("criterion"):
+        lines += ["", "Accuracy criterion: " + acc["criterion"]]
+    return lines
+
+
+def _section_amortized(d: dict) -> list[str]:
+    tr, sa = d.get("training", {}), d.get("sampling", {})
+    rows = [("training steps/s (batch %s)" % tr.get("batch_size"), tr.get("steps_per_second")),
+            ("ms per training step", tr.get("ms_per_step")),
+            (f"amortized draws: {sa.get('num_datasets')} datasets x {sa.get('num_draws')} (s)", sa.get("seconds")),
+            ("draws/s", sa.get("draws_per_second")),
+            ("achieved matmul GFLOP/s", sa.get("achieved_matmul_gflops")),
+            ("sgemm roofline GFLOP/s", d.get("roofline_sgemm_gflops")),
+            ("fraction of roofline (target %s)" % _fmt(sa.get("target_fraction")), sa.get("fraction_of_roofline"))]
+    return [_env_line(d), ""] + _table(rows)
+
+
+def _section_diagnostics(d: dict) -> list[str]:
+    p, nr, ac = d.get("psis", {}), d.get("nested_rhat", {}), d.get("accuracy", {})
+    rows = [(f"PSIS {p.get('num_datasets')} x {p.get('num_draws')}: JAX (s)", p.get("jax_s")),
+            ("PSIS arviz loop (s)", p.get("arviz_loop_s")), ("PSIS speed-up", p.get("speedup_vs_arviz")),
+            ("PSIS k̂ max abs. difference vs arviz (float64)", p.get("khat_max_abs_diff_float64_vs_arviz"))]
+    n2 = nr.get("nested_rhat", {})
+    rows += [(f"nested R̂ {nr.get('num_datasets')} datasets x {nr.get('num_chains')} chains: JAX (s)", n2.get("jax_s")),
+             ("nested R̂ NumPy loop (s)", n2.get("numpy_loop_s")), ("nested R̂ speed-up", n2.get("speedup_vs_numpy_loop"))]
+    rr = nr.get("rank_rhat", {})
+    rows += [("rank R̂ speed-up vs arviz", rr.get("speedup_vs_arviz"))]
+    rows += [(f"accuracy metrics, ms per dataset ({ac.get('num_draws')} vs {ac.get('num_reference')} draws)",
+              ac.get("ms_per_dataset"))]
+    return [_env_line(d), ""] + _table(rows)
+
+
+def _section_mcmc(d: dict) -> list[str]:
+    rows = []
+    for name, s in (d.get("batched") or {}).items():
+        rows.append((f"{name} ({s.get('num_datasets')} datasets)", s.get("datasets_per_s"),
+                     s.get("datasets_per_s_excl_compile"), s.get("converged_fraction"),
+                     (s.get("max_nested_rhat") or {}).get("median")))
+    out = [_env_line(d), ""] + _table(rows, ("sampler", "datasets/s", "datasets/s excl. compile",
+                                             "converged", "median max nested R̂"))
+    ratios = d.get("ratios") or {}
+    if ratios:
+        out += [""] + _table([(k, v) for k, v in ratios.items()], ("ratio (throughput)", "value"))
+    return out
+
+
+_SECTIONS = (
+    ("gev", "GEV workflow: the paper's Table 1 row (`make bench-gev`)", _section_gev),
+    ("amortized", "Amortized stage (`make bench-amortized`)", _section_amortized),
+    ("diagnostics", "Diagnostics (`make bench-diagnostics`)", _section_diagnostics),
+    ("mcmc", "Many-chain MCMC (`make bench-mcmc`)", _section_mcmc),
+)
+
+
+def write_readme(results_dir: str = RESULTS, path: str = README) -> str:
+    """Regenerate ``benchmarks/README.md`` from every result JSON in ``results_dir``.
+
+    Each benchmark has a section; a missing JSON gives a "not run yet" line. ``<name>.json`` is
+    preferred over ``<name>_quick.json``. Any benchmark script may call this after writing.
+    """
+    lines = ["# Benchmarks", "",
+             "Generated by `benchmarks/_common.py:write_readme()` from the JSON files in "
+             "`benchmarks/results/` (re-run a benchmark to refresh its section). "
+             "Numbers are measured on the machine named in each section; run `make bench` "
+             "(or `make bench-<name>`).", ""]
+    for name, title, fn in _SECTIONS:
+        lines += [f"## {title}", ""]
+        data = None
+        for cand in (f"{name}.json", f"{name}_quick.json"):
+            f = os.path.join(results_dir, cand)
+            if os.path.exists(f):
+                try:
+                    with open(f) as fh:
+                        data = json.load(fh)
+                    break
+                except (OSError, json.JSONDecodeError) as e:
+                    lines += [f"_could not read {cand}: {e}_", ""]
+        if data is None:
+            lines += ["_not run yet_", ""]
+            continue
+        try:
+            lines += fn(data) + [""]
+        except Exception as e:  # noqa: BLE001 - a malformed result must not break the others
+            lines += [f"_could not render {name}: {type(e).__name__}: {e}_", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
     return path
