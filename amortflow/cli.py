@@ -237,16 +237,19 @@ def quick_policy(num_draws: int):
         num_output_draws=num_draws, bucket_size=16)
 
 
-def workflow_config(num_draws: int | None, quick: bool, psis_on_all: bool = False):
+def workflow_config(num_draws: int | None, quick: bool, psis_on_all: bool = False,
+                    high_stakes: bool = False):
+    """``WorkflowConfig`` for the CLI: paper defaults, or ``WorkflowConfig.high_stakes`` (every
+    dataset must pass PSIS with k-hat AND ESS gates)."""
     import amortflow as af
 
+    kw = {} if num_draws is None else {"num_draws": num_draws}
     if quick:
         s = num_draws or 500
-        return af.WorkflowConfig(num_draws=s, num_ood_simulations=1000, psis_on_all=psis_on_all,
-                                 mcmc=quick_policy(s))
-    if num_draws is None:
-        return af.WorkflowConfig(psis_on_all=psis_on_all)
-    return af.WorkflowConfig(num_draws=num_draws, psis_on_all=psis_on_all)
+        kw.update(num_draws=s, num_ood_simulations=1000, mcmc=quick_policy(s))
+    if high_stakes:
+        return af.WorkflowConfig.high_stakes(**kw)
+    return af.WorkflowConfig(psis_on_all=psis_on_all, **kw)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -361,7 +364,7 @@ def cmd_run(args) -> int:
         np.savez(os.path.join(args.out, "datasets.npz"), ys=ys, theta=theta,
                  **{f"true_{k}": v for k, v in truth.items()})
         print(f"simulated {ys.shape[0]} datasets" + (" from the test prior" if args.test_prior else ""))
-    cfg = workflow_config(args.num_draws, args.quick, args.psis_on_all)
+    cfg = workflow_config(args.num_draws, args.quick, args.psis_on_all, args.high_stakes)
     key = jax.random.PRNGKey(args.seed)
     result = af.run_workflow(key, model, est, ys, cfg, out_dir=args.out, progress=not args.no_progress)
     if args.no_progress:  # with progress on, run_workflow has printed the summary already
@@ -399,7 +402,7 @@ def cmd_demo(args) -> int:
 
     ys, theta, truth = _simulate("gev", k, True, args.seed + 1)
     np.savez(os.path.join(out, "datasets.npz"), ys=ys, theta=theta, **{f"true_{n}": v for n, v in truth.items()})
-    cfg = workflow_config(args.num_draws, quick)
+    cfg = workflow_config(args.num_draws, quick, high_stakes=True)
     key = jax.random.PRNGKey(args.seed + 2)
     result = af.run_workflow(key, model, est, ys, cfg, out_dir=os.path.join(out, "workflow"),
                              progress=not args.no_progress)
@@ -445,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output directory (re-running with it resumes)")
     r.add_argument("--num-draws", type=int, default=None, help="draws per dataset (default 2000; quick 500)")
     r.add_argument("--psis-on-all", action="store_true", help="PSIS gate on every dataset, not only OOD-flagged")
+    r.add_argument("--high-stakes", action="store_true",
+                   help="every dataset must pass PSIS (k-hat and ESS >= 20%% of draws); else MCMC")
     r.add_argument("--quick", action="store_true", help="small OOD reference and MCMC policy (smoke tests)")
     common(r)
     r.set_defaults(func=cmd_run)

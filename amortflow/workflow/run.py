@@ -265,14 +265,16 @@ def run_workflow(key, model: Model, estimator, ys, config: WorkflowConfig | None
     gated = flag | cfg.psis_on_all
     counts["psis"] = int(gated.sum())
     accept_amortized = ~gated
-    accept_psis = gated & (khat <= thr) & np.isfinite(khat)
+    min_ess = cfg.psis_min_ess if cfg.psis_min_ess is not None else 0.0
+    accept_psis = gated & (khat <= thr) & np.isfinite(khat) & (ess >= min_ess)
     need_mcmc = gated & ~accept_psis
     route[valid[accept_amortized]] = "amortized"
     draws_out[valid[accept_amortized]] = np.asarray(draws)[accept_amortized]
     route[valid[accept_psis]] = "psis"
     draws_out[valid[accept_psis]] = arrays2["resampled"][accept_psis]
     for j in np.nonzero(need_mcmc)[0]:
-        reason[valid[j]] = f"PSIS k-hat {khat[j]:.2f} > {thr:.2f}"
+        reason[valid[j]] = (f"PSIS k-hat {khat[j]:.2f} > {thr:.2f}" if not khat[j] <= thr
+                            else f"PSIS ESS {ess[j]:.0f} < {min_ess:.0f}")
     log(f"[amortflow] stage 2: PSIS on {counts['psis']} datasets, {int(accept_psis.sum())} accepted, "
         f"{int(need_mcmc.sum())} to MCMC ({times['psis']:.1f} s)")
 
