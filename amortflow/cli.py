@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--num-draws", type=int, default=None, help="draws per dataset (default 2000; quick 500)")
     r.add_argument("--psis-on-all", action="store_true", help="PSIS gate on every dataset, not only OOD-flagged")
     r.add_argument("--high-stakes", action="store_true",
-                   help="every dataset must pass PSIS (k-hat and ESS >= 20%% of draws); else MCMC")
+                   help="every dataset must pass PSIS (k-hat and ESS >= 50%% of draws); else MCMC")
     r.add_argument("--quick", action="store_true", help="small OOD reference and MCMC policy (smoke tests)")
     common(r)
     r.set_defaults(func=cmd_run)

@@ -23,7 +23,7 @@ def gev_preset(quick: bool = False) -> NPEPreset:
         # order statistics + MLP: better validation loss than a DeepSet at ~2/3 of the step time
         summary=SortedSetSpec(hidden=(128, 128), out_dim=16),
         flow=FlowSpec(num_layers=6, hidden=(128, 128), num_bins=8, bound=5.0),
-        train=TrainConfig(num_steps=300 if quick else 3000, batch_size=256, learning_rate=1e-3,
+        train=TrainConfig(num_steps=300 if quick else 2000, batch_size=256, learning_rate=1e-3,
                           steps_per_call=100 if quick else 250),
         num_simulations=2000 if quick else 10_000,
         # accuracy against reference NUTS on every dataset is the benchmark's goal: every

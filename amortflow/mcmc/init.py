@@ -80,8 +80,11 @@ def _init_one(key, y, cand, logw, *, model: Model, num_superchains: int, num_pri
     prior = model.sample_prior(k_prior, num_prior_draws)
     prior_lp = jax.vmap(lambda t: model.log_density(t, y))(prior)
     prior_ok = jnp.isfinite(prior_lp) & jnp.all(jnp.isfinite(prior), axis=-1)
-    num_prior_ok = jnp.sum(prior_ok)
-    pidx = _gumbel_top_k(k_pick_prior, jnp.where(prior_ok, 0.0, -jnp.inf), c0)
+    # sampling-importance-resampling from the prior: screened draws picked (distinct) with
+    # probability ~ likelihood, so fallback chains start where the posterior has mass
+    prior_ll = prior_lp - jax.vmap(model.log_prior)(prior)
+    pidx = _gumbel_top_k(k_pick_prior, jnp.where(prior_ok & jnp.isfinite(prior_ll), prior_ll, -jnp.inf), c0)
+    num_prior_ok = jnp.sum(prior_ok & jnp.isfinite(prior_ll))
     # slot j (j >= num_valid) takes the (j - num_valid)-th random screened prior draw
     pj = jnp.clip(slot - num_valid, 0, c0 - 1)
     from_prior = (~from_cand) & (pj < num_prior_ok)

@@ -56,9 +56,10 @@ class WorkflowConfig:
     @classmethod
     def high_stakes(cls, **kw) -> "WorkflowConfig":
         """The paper's recommendation for high-stakes use (every dataset must pass PSIS), plus
-        a PSIS ESS of at least 20% of the draws."""
+        a PSIS ESS of at least half the draws (on GEV, 17 of 431 datasets accepted with an ESS
+        gate of 20% were off by more than 0.1 posterior sd)."""
         num_draws = kw.get("num_draws", cls.num_draws)
-        return cls(**{"psis_on_all": True, "psis_min_ess": 0.2 * num_draws, **kw})
+        return cls(**{"psis_on_all": True, "psis_min_ess": 0.5 * num_draws, **kw})
 
     def policy(self) -> EscalationPolicy:
         if self.mcmc is not None:
