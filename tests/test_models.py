@@ -126,7 +126,7 @@ def test_observation_validation_errors():
         m.check_observations(np.zeros((3, 64)))
     ys = np.zeros((4, 65))
     ys[2, 5] = np.nan
-    with pytest.raises(af.ObservationError, match="NaN or infinite.*indices 2"):
+    with pytest.raises(af.ObservationError, match=r"NaN or infinite.*indices \[2\]"):
         m.check_observations(ys)
     assert m.check_observations(np.zeros(65)).shape == (1, 65)
     with pytest.raises(ValueError, match="last axis 3"):

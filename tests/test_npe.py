@@ -73,7 +73,7 @@ def test_load_rejects_tampered_files(tmp_path, gaussian_estimator):
 
 
 def test_bad_observations_raise_clear_errors(gaussian_estimator):
-    with pytest.raises(af.ObservationError, match=r"expects observations \[K, 10, 2\]"):
+    with pytest.raises(af.ObservationError, match=r"observations of shape \[K, 10, 2\]"):
         gaussian_estimator.sample_and_log_prob(jax.random.PRNGKey(0), np.zeros((3, 10, 3)), 10)
     ys = np.zeros((3, 10, 2))
     ys[1, 0, 0] = np.inf

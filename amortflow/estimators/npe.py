@@ -194,24 +194,10 @@ class PosteriorEstimator:
     kind = "npe"
 
     def _check(self, ys) -> jax.Array:
-        from amortflow.models.base import ObservationError
+        from amortflow.models.base import check_observation_batch
 
-        arr = np.asarray(ys)
-        shape = self.spec.obs_shape
-        if tuple(arr.shape) == shape:
-            arr = arr[None]
-        if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape:
-            raise ObservationError(
-                f"estimator for {self.model_name!r} expects observations [K, {', '.join(map(str, shape))}], "
-                f"got {tuple(np.shape(ys))}"
-            )
-        bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
-        if bad.any():
-            raise ObservationError(
-                f"{int(bad.sum())} dataset(s) contain NaN or infinite values (indices "
-                f"{np.nonzero(bad)[0][:10].tolist()}); remove them before amortized inference"
-            )
-        return jnp.asarray(arr, jnp.float32)
+        owner = f"estimator for {self.model_name!r}"
+        return jnp.asarray(check_observation_batch(ys, self.spec.obs_shape, owner), jnp.float32)
 
     def sample_and_log_prob(self, key, ys, num_draws: int, *, conditions=None, batch_size: int | None = None):
         """Amortized draws for ``K`` datasets in one compiled call.

@@ -119,34 +119,9 @@ class Model:
 
     # ----------------------------------------------------------------- validation
     def check_observations(self, ys: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
-        """Validate a batch of datasets and return it as a float array ``[K, *obs_shape]``.
-
-        A single dataset of shape ``obs_shape`` is promoted to ``[1, *obs_shape]``.
-
-        Raises:
-          ObservationError: wrong shape, or NaN/inf values (unless ``allow_nonfinite``), naming
-            the offending datasets.
-        """
-        arr = np.asarray(ys)
-        if arr.dtype == object:
-            raise ObservationError(f"{self.name}: observations must be a numeric array, got objects")
-        arr = arr.astype(np.float32) if arr.dtype != np.float64 else arr
-        if tuple(arr.shape) == self.obs_shape:
-            arr = arr[None]
-        if arr.ndim != len(self.obs_shape) + 1 or tuple(arr.shape[1:]) != self.obs_shape:
-            raise ObservationError(
-                f"{self.name}: expected observations of shape [K, {', '.join(map(str, self.obs_shape))}]"
-                f" (K datasets of shape {self.obs_shape}), got {tuple(arr.shape)}"
-            )
-        if not allow_nonfinite:
-            bad = np.nonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))[0]
-            if bad.size:
-                shown = ", ".join(map(str, bad[:10])) + (" ..." if bad.size > 10 else "")
-                raise ObservationError(
-                    f"{self.name}: {bad.size} dataset(s) contain NaN or infinite values "
-                    f"(indices {shown}); remove or impute them"
-                )
-        return arr
+        """Validate a batch of datasets and return it as a float array ``[K, *obs_shape]``
+        (see :func:`check_observation_batch`)."""
+        return check_observation_batch(ys, self.obs_shape, self.name, allow_nonfinite=allow_nonfinite)
 
     def check_theta(self, theta: Any) -> np.ndarray:
         """Validate unconstrained parameters ``[..., d]``; raises ``ValueError`` naming the problem."""
@@ -159,6 +134,35 @@ class Model:
         if not np.isfinite(arr).all():
             raise ValueError(f"{self.name}: parameters contain NaN or infinite values")
         return arr
+
+
+def check_observation_batch(ys: Any, obs_shape: tuple[int, ...], owner: str, *,
+                            allow_nonfinite: bool = False) -> np.ndarray:
+    """Validate datasets ``[K, *obs_shape]`` (a single ``[*obs_shape]`` is promoted to K = 1).
+
+    Returns a float32 (float64 kept) array. Raises :class:`ObservationError` naming the problem:
+    wrong shape, or NaN/inf values (unless ``allow_nonfinite``) with the offending indices.
+    """
+    arr = np.asarray(ys)
+    if arr.dtype == object:
+        raise ObservationError(f"{owner}: observations must be a numeric array, got objects")
+    arr = arr.astype(np.float32) if arr.dtype != np.float64 else arr
+    if tuple(arr.shape) == tuple(obs_shape):
+        arr = arr[None]
+    if arr.ndim != len(obs_shape) + 1 or tuple(arr.shape[1:]) != tuple(obs_shape):
+        raise ObservationError(
+            f"{owner}: expected observations of shape [K, {', '.join(map(str, obs_shape))}]"
+            f" (K datasets of shape {tuple(obs_shape)}), got {tuple(np.shape(ys))}"
+        )
+    if not allow_nonfinite:
+        bad = np.nonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))[0]
+        if bad.size:
+            shown = bad[:10].tolist()
+            raise ObservationError(
+                f"{owner}: {bad.size} dataset(s) contain NaN or infinite values "
+                f"(indices {shown}{' ...' if bad.size > 10 else ''}); remove or impute them"
+            )
+    return arr
 
 
 def make_model(
