@@ -155,9 +155,13 @@ def main():
 
     key = jax.random.PRNGKey(2024)
     model, ys, cand, logw = make_data(key, args.num_datasets)
-    # the configurations the workflow's default escalation ladder uses on this backend
-    cfgs = {type(st.config).__name__.replace("Config", "").lower(): st.config
-            for st in mcmc.default_policy().stages}
+    # the configurations the workflow's default escalation ladder uses on this backend; on CPU
+    # the ladder has no ChEES stage, so ChEES runs with the same 4 x 16 layout as MEADS
+    cfgs = {"chees": (mcmc.CheesConfig.auto() if jax.default_backend() != "cpu" else
+                      mcmc.CheesConfig.cpu_profile(num_superchains=4, chains_per_superchain=16,
+                                                   num_warmup=200, num_samples=50))}
+    cfgs.update({type(st.config).__name__.replace("Config", "").lower(): st.config
+                 for st in mcmc.default_policy().stages})
     result = {
         "backend": jax.default_backend(), "devices": len(jax.devices()),
         "model": "gev", "num_datasets": args.num_datasets,
