@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import best_time, compiled_flops, sgemm_gflops, write_result  # noqa: E402
 
 import amortflow as af  # noqa: E402
-from amortflow.estimators.npe import _sample_and_log_prob, init_params, NPESpec  # noqa: E402
+from amortflow.estimators.npe import _sample_and_log_prob, datasets_per_step, init_params, NPESpec  # noqa: E402
 from amortflow.presets import gev_preset  # noqa: E402
 
 
@@ -85,13 +85,22 @@ def main():
     t_sample = best_time(lambda: jax.block_until_ready(est.sample_and_log_prob(key, test_ys, num_draws)), 3)
     total_draws = num_datasets * num_draws
     n_dev = len(jax.devices())
-    bs_ds = max(1, min(num_datasets // n_dev, (1 << 19) // num_draws))
+    bs_ds = datasets_per_step(num_datasets // n_dev, num_draws)
     xla_flops = compiled_flops(_sample_and_log_prob, spec, est.params, std, jax.random.split(key, num_datasets),
                                jnp.asarray(test_ys, jnp.float32), None, num_draws, bs_ds, n_dev)
     mm_flops = matmul_flops_per_draw(spec) * total_draws
     achieved = mm_flops / t_sample / 1e9
     print(f"sampling {num_datasets} x {num_draws}: {t_sample:.2f} s, {total_draws / t_sample:.3g} draws/s, "
           f"{achieved:.1f} GFLOP/s matmul = {100 * achieved / roofline:.0f}% of roofline")
+    # datasets per lax.map step: the default keeps activations cache-sized on CPU
+    sweep = {}
+    for per_step in sorted({1, bs_ds, 16, (1 << 19) // num_draws}):
+        if per_step > num_datasets // n_dev:
+            continue
+        fn = lambda: jax.block_until_ready(est.sample_and_log_prob(key, test_ys, num_draws, batch_size=per_step))
+        fn()
+        sweep[per_step] = best_time(fn, 2)
+        print(f"  {per_step:4d} datasets per step: {sweep[per_step]:.2f} s")
     write_result("amortized_quick" if args.quick else "amortized", {
         "quick": args.quick,
         "roofline_sgemm_gflops": roofline,

@@ -119,6 +119,23 @@ def npe_loss(spec: NPESpec, params, std: Standardization, batch, key=None):
     ctx = context(spec, params, std, ys, conditions)
     return -jnp.mean(log_prob_from_context(spec, params, std, theta, ctx))
 
+_ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def datasets_per_step(num_datasets: int, items_per_dataset: int, budget: int | None = None) -> int:
+    """How many datasets a ``lax.map`` step evaluates together so that about ``budget`` draws
+    are in flight: ``2**12`` on CPU, ``2**19`` on accelerators.
+
+    On CPU the budget is set by the cache, not by memory: with 2**12 draws a conditioner's
+    ``[N, 128]`` activations (2 MB) stay in L2 between the matrix multiply and the elementwise
+    work that follows, while 2**19 draws (268 MB per activation) stream through DRAM. Measured on
+    this 2-core machine (1000 GEV datasets x 2000 draws): 8.5 s at 262 datasets per step, 5.0 s
+    at 2 (benchmarks/bench_amortized.py records the sweep). Accelerators want the big batch.
+    """
+    if budget is None:
+        budget = (1 << 19) if jax.default_backend() in _ACCELERATORS else (1 << 12)
+    return int(max(1, min(num_datasets, budget // max(int(items_per_dataset), 1))))
+
 
 @partial(jax.jit, static_argnames=("spec", "num_draws", "batch_size", "num_devices"))
 def _sample_and_log_prob(spec, params, std, keys, ys, conditions, num_draws, batch_size, num_devices=1):
@@ -208,8 +225,8 @@ class PosteriorEstimator:
           num_draws: ``S`` draws per dataset.
           conditions: ``[K, num_conditions]`` (or broadcastable) extra inputs, if the estimator
             was trained with them.
-          batch_size: datasets evaluated together (memory bound); default keeps about 2**19
-            draws in flight.
+          batch_size: datasets evaluated together per device; default
+            :func:`datasets_per_step` (cache-sized on CPU, large on accelerators).
         Returns:
           ``(draws [K, S, d], log_q [K, S])`` in the model's unconstrained space.
         """
@@ -223,7 +240,7 @@ class PosteriorEstimator:
             keys, ys = jnp.concatenate([keys, keys[:pad]]), jnp.concatenate([ys, ys[:pad]])
             cond = None if cond is None else jnp.concatenate([cond, cond[:pad]])
         per_dev = (k + pad) // n_dev
-        bs = batch_size or max(1, min(per_dev, (1 << 19) // max(num_draws, 1)))
+        bs = batch_size or datasets_per_step(per_dev, num_draws)
         draws, log_q = _sample_and_log_prob(self.spec, self.params, self.standardization, keys, ys, cond,
                                             int(num_draws), int(min(bs, per_dev)), n_dev)
         return draws[:k], log_q[:k]
@@ -239,7 +256,7 @@ class PosteriorEstimator:
         squeeze = theta.ndim == 2
         if squeeze:
             theta = theta[:, None, :]
-        bs = batch_size or max(1, min(ys.shape[0], (1 << 19) // theta.shape[1]))
+        bs = batch_size or datasets_per_step(ys.shape[0], theta.shape[1])
         out = _log_prob(self.spec, self.params, self.standardization, theta, ys,
                         _as_conditions(self.spec, conditions, ys.shape[0]), int(bs))
         return out[:, 0] if squeeze else out

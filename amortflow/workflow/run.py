@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from amortflow import diagnostics as dg
+from amortflow.estimators.npe import datasets_per_step
 from amortflow.mcmc.escalation import run_escalation
 from amortflow.models.base import Model
 from amortflow.workflow.config import WorkflowConfig
@@ -209,13 +210,13 @@ def run_workflow(key, model: Model, estimator, ys, config: WorkflowConfig | None
         return WorkflowResult(route, reason, draws_out, diag, times, counts, model.param_names,
                               model.name, cfg.to_dict(), model)
     yv = jnp.asarray(ys_arr[valid])
-    bs = cfg.batch_size or max(1, min(valid.size, (1 << 19) // s))
+    bs = cfg.batch_size or datasets_per_step(valid.size, s)
 
     # ---- stage 1: amortized draws, log q, OOD score
     saved = store.load("stage1")
     if saved is None:
         t0 = time.perf_counter()
-        draws, log_q = estimator.sample_and_log_prob(jax.random.fold_in(key, 1), yv, s, batch_size=bs)
+        draws, log_q = estimator.sample_and_log_prob(jax.random.fold_in(key, 1), yv, s, batch_size=cfg.batch_size)
         draws, log_q = jax.block_until_ready((draws, log_q))
         t_draw = time.perf_counter() - t0
         t0 = time.perf_counter()
