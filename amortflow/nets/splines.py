@@ -2,12 +2,17 @@
 batches of per-element splines.
 
 Same parameterisation as ``distrax.RationalQuadraticSpline(params, -bound, bound,
-boundary_slopes="identity")`` (tests check agreement), but laid out for CPU SIMD: the bin axis
-is unrolled (``K`` is small), so every operation runs over the whole batch of elements instead
-of over a minor axis of length ``K``; the bin is located by counting knot comparisons and its
-parameters picked with selects, not per-scalar masked dot products. On this 2-core CPU this
-made a 6-layer spline flow's sampling pass several times faster than distrax's kernel, which
-matters because the spline's elementwise work rivals the conditioner's matrix multiplies.
+boundary_slopes="identity")`` (tests check values and gradients), with two layouts chosen for
+what each direction is used for:
+
+- forward (sampling, large batches, no gradient): the bin axis is unrolled (``K`` is small), so
+  every operation runs over the whole batch of elements instead of over a minor axis of length
+  ``K``; the bin is located by counting knot comparisons and its parameters picked with selects.
+  On this 2-core CPU this made a 6-layer spline flow's sampling pass several times faster than
+  distrax's kernel (and 3x faster than the vectorized layout below at 4096 x 2 elements).
+- inverse (density evaluation, i.e. training under ``grad``): the bin axis stays a minor axis
+  and the bin is picked by a one-hot contraction, whose reverse-mode derivative is a few ops
+  instead of hundreds of tiny slice/select transposes (9-15x faster gradients).
 
 Shapes: ``x [...]`` and ``params [..., 3K + 1]`` (``K`` bins; the first and last slope
 parameters are unused because the boundary slopes are fixed at one).
@@ -20,10 +25,12 @@ import numpy as np
 
 MIN_BIN = 1e-4
 MIN_SLOPE = 1e-4
+_SLOPE_OFFSET = float(np.log(np.expm1(1.0 - MIN_SLOPE)))  # softplus(0 + offset) + MIN_SLOPE = 1
 
 
 def _knots(params, bound):
-    """Per-bin lists (length K) of left knots, widths, heights and slopes, each ``[...]``."""
+    """Per-bin lists (length K) of left knots, widths, heights and slopes, each ``[...]``
+    (unrolled over bins: the fast layout for the forward pass, see the module docstring)."""
     k = (params.shape[-1] - 1) // 3
     u = [params[..., i] for i in range(params.shape[-1])]
     total = 2.0 * bound
@@ -40,9 +47,8 @@ def _knots(params, bound):
         return [v * scale + MIN_BIN for v in e]
 
     w, h = sizes(u[:k]), sizes(u[k : 2 * k])
-    offset = float(np.log(np.expm1(1.0 - MIN_SLOPE)))
     one = jnp.ones_like(u[0])
-    slopes = [one] + [jax.nn.softplus(v + offset) + MIN_SLOPE for v in u[2 * k + 1 : 3 * k]] + [one]
+    slopes = [one] + [jax.nn.softplus(v + _SLOPE_OFFSET) + MIN_SLOPE for v in u[2 * k + 1 : 3 * k]] + [one]
     xk, yk = [jnp.full_like(u[0], -bound)], [jnp.full_like(u[0], -bound)]
     for i in range(k - 1):
         xk.append(xk[-1] + w[i])
@@ -64,6 +70,33 @@ def _bin(knots, v, w, h, xk, yk, slopes):
             _pick(slopes[:-1], masks), _pick(slopes[1:], masks))
 
 
+def _bin_vectorized(v, params, bound):
+    """The bin of ``v [...]`` and its ``(x0, w, y0, h, d0, d1)``, with the bin axis kept as a
+    minor axis and the bin picked by a one-hot contraction (located on the output knots).
+
+    Its reverse-mode derivative is a handful of ops (softmax, cumsum and one-hot transposes),
+    where the unrolled layout's is hundreds of tiny slice/select transposes: for a batch of
+    256 x 2 elements the gradient takes 0.3 ms instead of 2.9 ms (forward unchanged), which made
+    NPE training steps about 3x faster. Used by the inverse (density evaluation, i.e. training).
+    """
+    k = (params.shape[-1] - 1) // 3
+    scale = 2.0 * bound - k * MIN_BIN
+    w = jax.nn.softmax(params[..., :k], axis=-1) * scale + MIN_BIN
+    h = jax.nn.softmax(params[..., k : 2 * k], axis=-1) * scale + MIN_BIN
+    inner = jax.nn.softplus(params[..., 2 * k + 1 : 3 * k] + _SLOPE_OFFSET) + MIN_SLOPE
+    one = jnp.ones_like(params[..., :1])
+    d = jnp.concatenate([one, inner, one], axis=-1)  # [..., K + 1]
+    xk = jnp.cumsum(w, axis=-1) - w - bound  # left knots [..., K]
+    yk = jnp.cumsum(h, axis=-1) - h - bound
+    idx = jnp.sum((v[..., None] >= yk[..., 1:]).astype(jnp.int32), axis=-1)
+    onehot = (idx[..., None] == jnp.arange(k)).astype(params.dtype)
+
+    def pick(a):
+        return jnp.sum(onehot * a, axis=-1)
+
+    return pick(xk), pick(w), pick(yk), pick(h), pick(d[..., :-1]), pick(d[..., 1:])
+
+
 def rq_spline_forward(x, params, bound):
     """``y = f(x)`` and ``log f'(x)``, elementwise; ``params [..., 3K+1]`` matches ``x [...]``."""
     w, h, xk, yk, slopes = _knots(params, bound)
@@ -80,8 +113,7 @@ def rq_spline_forward(x, params, bound):
 
 def rq_spline_inverse(y, params, bound):
     """``x = f^{-1}(y)`` and ``log |dx/dy|``, elementwise."""
-    w, h, xk, yk, slopes = _knots(params, bound)
-    x0, wb, y0, hb, d0, d1 = _bin(yk, y, w, h, xk, yk, slopes)
+    x0, wb, y0, hb, d0, d1 = _bin_vectorized(y, params, bound)
     s = hb / wb
     t = jnp.clip((y - y0) / hb, 0.0, 1.0)
     slopes_term = d0 + d1 - 2.0 * s
