@@ -324,6 +324,9 @@ def main():
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--cache-dir", default=CACHE)
     ap.add_argument("--name", default=None, help="result name (default gev / gev_quick)")
+    ap.add_argument("--estimator", default=None,
+                    help="load this saved estimator instead of training (for iterating on the workflow; "
+                         "the total then excludes training and the run is not a Table-1 result)")
     args = ap.parse_args()
     n = args.num_datasets or (50 if args.quick else NUM_TEST)
     n_np = args.num_numpyro if args.num_numpyro is not None else (2 if args.quick else 20)
@@ -350,12 +353,20 @@ def main():
     log(f"training: fit_posterior with preset fields {sorted(fit_kwargs)}"
         + (f" (not passed: {unused})" if unused else ""))
     t0 = time.perf_counter()
-    est = af.fit_posterior(jax.random.PRNGKey(seed + 1), model, **fit_kwargs)
-    jax.block_until_ready(est.params)
-    t_train = time.perf_counter() - t0
-    log(f"training: {t_train:.1f} s")
+    if args.estimator:
+        if args.name in (None, "gev", "gev_quick"):
+            raise SystemExit("--estimator needs --name (a loaded estimator is not a Table-1 result)")
+        est = af.load_estimator(args.estimator)
+        t_train = 0.0
+        log(f"training: skipped, estimator loaded from {args.estimator}")
+    else:
+        est = af.fit_posterior(jax.random.PRNGKey(seed + 1), model, **fit_kwargs)
+        jax.block_until_ready(est.params)
+        t_train = time.perf_counter() - t0
+        log(f"training: {t_train:.1f} s")
     result["training"] = {"wall_s": t_train, "num_simulations": getattr(preset, "num_simulations", None),
-                          "preset": repr(preset), "fit_kwargs": sorted(fit_kwargs), "preset_fields_unused": unused}
+                          "preset": repr(preset), "fit_kwargs": sorted(fit_kwargs), "preset_fields_unused": unused,
+                          "loaded_estimator": args.estimator}
 
     # ---- the workflow
     log(f"workflow on {n} datasets ({cfg_source})")

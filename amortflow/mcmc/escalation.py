@@ -88,8 +88,11 @@ def default_policy(num_output_draws: int = 1000, **kw) -> EscalationPolicy:
         )
     else:
         stages = (
+            # 4 datasets per lax.map step: GHMC has no data-dependent loop, so vmapping a few
+            # datasets costs nothing extra and halves the per-op overhead (38.6 -> 20.2 ms per
+            # dataset on 128 GEV datasets; NUTS, whose trees differ in depth, gains nothing)
             Stage("meads", MeadsConfig.cpu_profile(num_superchains=4, chains_per_superchain=16,
-                                                   num_warmup=400, num_samples=50, thin=5)),
+                                                   num_warmup=400, num_samples=50, thin=5, batch_size=4)),
             # a dataset MEADS could not settle restarts from the PSIS-weighted candidates (or
             # likelihood-weighted prior draws): chains stuck where MEADS left them would not help
             Stage("nuts", NutsConfig.cpu_profile(), init_from="candidates"),

@@ -24,8 +24,10 @@ class WorkflowConfig:
       psis_min_ess: PSIS-accepted datasets also need this importance-sampling ESS (``None``: no
         ESS gate, as in the paper). k-hat alone admits weight sets whose ESS is a few hundred
         out of thousands, and on GEV those posteriors were measurably off.
-      psis_resample_replace: PSIS-accepted draws are a weighted resample with replacement (else
-        without).
+      psis_resample: how PSIS-accepted datasets get ``num_draws`` equally weighted draws from
+        the weighted ones: ``"systematic"`` (with replacement, the lowest-noise unbiased
+        scheme), ``"multinomial"`` (with replacement, independent) or ``"without_replacement"``
+        (Gumbel top-k). See :func:`amortflow.diagnostics.resample`.
       mcmc: the escalation policy of stages 3-4 (``None``: ChEES -> longer ChEES -> NUTS with
         the backend's default profile, ``num_output_draws = num_draws``).
       mcmc_chunk: datasets handed to the escalation per call; progress is written after each
@@ -40,7 +42,7 @@ class WorkflowConfig:
     psis_on_all: bool = False
     khat_threshold: float | None = None
     psis_min_ess: float | None = None
-    psis_resample_replace: bool = True
+    psis_resample: str = "systematic"
     mcmc: EscalationPolicy | None = None
     mcmc_chunk: int = 128
     batch_size: int | None = None
@@ -50,6 +52,9 @@ class WorkflowConfig:
             raise ValueError(f"num_draws must be at least 10, got {self.num_draws}")
         if self.ood_method not in ("mahalanobis", "mmd", None):
             raise ValueError(f"ood_method must be 'mahalanobis', 'mmd' or None, got {self.ood_method!r}")
+        if self.psis_resample not in ("systematic", "multinomial", "without_replacement"):
+            raise ValueError("psis_resample must be 'systematic', 'multinomial' or 'without_replacement', "
+                             f"got {self.psis_resample!r}")
         if not 0.0 < self.ood_alpha < 1.0:
             raise ValueError(f"ood_alpha must be in (0, 1), got {self.ood_alpha}")
 

@@ -82,10 +82,12 @@ def _log_joint(model, draws, ys, batch_size):
     return jax.lax.map(lambda a: per(a[0], a[1]), (draws, ys), batch_size=batch_size)
 
 
-@partial(jax.jit, static_argnames=("num", "replace"))
-def _psis_resample(key, draws, log_w, num, replace):
+@partial(jax.jit, static_argnames=("num", "scheme"))
+def _psis_resample(key, draws, log_w, num, scheme):
     keys = jax.random.split(key, draws.shape[0])
-    idx = jax.vmap(lambda k, lw: dg.resample(k, lw, num, replace=replace))(keys, log_w)
+    replace = scheme != "without_replacement"
+    method = scheme if replace else "systematic"
+    idx = jax.vmap(lambda k, lw: dg.resample(k, lw, num, replace=replace, method=method))(keys, log_w)
     return jnp.take_along_axis(draws, idx[..., None], axis=1)
 
 
@@ -249,7 +251,7 @@ def run_workflow(key, model: Model, estimator, ys, config: WorkflowConfig | None
         log_p = _log_joint(model, draws, yv, bs)
         res = dg.psis(log_p - log_q)
         resampled = _psis_resample(jax.random.fold_in(key, 3), draws, res.log_weights, s,
-                                   cfg.psis_resample_replace)
+                                   cfg.psis_resample)
         res, resampled = jax.block_until_ready((res, resampled))
         arrays2 = {"khat": np.asarray(res.khat), "ess": np.asarray(res.ess),
                    "log_weights": np.asarray(res.log_weights), "resampled": np.asarray(resampled),
