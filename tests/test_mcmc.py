@@ -102,6 +102,17 @@ def test_same_key_same_result_and_compiled_once(setup):
     assert b.compile_time_s.sum() == 0.0 and c.compile_time_s.sum() == 0.0
 
 
+def test_initialize_positions_does_not_depend_on_block(setup):
+    """Blocks are a compilation device only: a dataset gets the same starting points whatever
+    the block size (its key is split from the call key by dataset index)."""
+    model, ys, _, _, cand = setup
+    a, ia = mcmc.initialize_positions(jax.random.PRNGKey(5), model, ys, cand, None, 4, block_size=64)
+    b, ib = mcmc.initialize_positions(jax.random.PRNGKey(5), model, ys, cand, None, 4, block_size=3)
+    assert a.shape == (ys.shape[0], 4, model.dim)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(ia.num_valid), np.asarray(ib.num_valid))
+
+
 def test_initialize_positions_random_unique_weighted(setup):
     model, ys, mean, sd, cand = setup
     # duplicated rows (as after PSIS resampling) must not yield duplicated starting points
