@@ -249,3 +249,19 @@ def test_padding_rows_are_skipped():
         # bs=1: the 2 active rows run; bs=2: the 2 partly active batches run (a vmapped callback
         # fires once per batch), the 2 all-padding batches are skipped
         assert len(calls) == 2
+
+
+def test_cpu_default_policy_ladder():
+    """CPU ladder: MEADS -> NUTS from the candidates -> the same NUTS from its own draws. The
+    retry must use an identical config: then it reuses NUTS's compiled function and costs
+    nothing where NUTS converged."""
+    from amortflow.mcmc.escalation import default_policy
+
+    pol = default_policy(2000)
+    if jax.default_backend() != "cpu":
+        pytest.skip("the CPU ladder")
+    names = [st.name for st in pol.stages]
+    assert names == ["meads", "nuts", "nuts_retry"]
+    assert pol.stages[2].config == pol.stages[1].config and pol.stages[2].init_from == "previous"
+    assert pol.stages[1].init_from == "candidates"
+    assert all(st.config.num_chains * st.config.num_samples >= 2000 for st in pol.stages)
