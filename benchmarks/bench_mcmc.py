@@ -192,10 +192,15 @@ def main():
             result["ratios"][f"{name}_vs_numpyro_b"] = (
                 result["batched"][name]["datasets_per_s"] / b["datasets_per_s"])
     print(json.dumps(result["ratios"], indent=1))
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _common import environment, write_readme
+
+    result["environment"] = environment()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1, default=str)
     print(f"wrote {args.out}")
+    print(f"wrote {write_readme()}")
 
 
 if __name__ == "__main__":
