@@ -39,6 +39,17 @@ def test_sampling_is_deterministic_and_chunking_invariant(gaussian_model, gaussi
     assert s.shape == (10, 8) and np.isfinite(np.asarray(s)).all()
 
 
+def test_datasets_per_step_budget():
+    from amortflow.estimators.npe import datasets_per_step
+
+    assert datasets_per_step(1000, 2000, budget=4096) == 2
+    assert datasets_per_step(1000, 100, budget=4096) == 40
+    assert datasets_per_step(3, 100, budget=4096) == 3  # never more than there are
+    assert datasets_per_step(1000, 10_000, budget=4096) == 1  # at least one
+    default = datasets_per_step(10**6, 1)
+    assert default == (1 << 12 if jax.default_backend() == "cpu" else 1 << 19)
+
+
 def test_save_load_round_trip_exact(tmp_path, gaussian_model, gaussian_estimator):
     path = tmp_path / "est"
     gaussian_estimator.save(path)

@@ -38,8 +38,11 @@ def data(gaussian_model):
     [
         # in-distribution datasets are accepted straight from the amortized draws
         ("amortized", dict(ood_alpha=1e-3, psis_on_all=False, mcmc=_policy(Stage("chees", CHEES)))),
-        # every dataset must pass PSIS; a good estimator passes it
+        # every dataset must pass PSIS; a good estimator passes it (systematic resampling, the
+        # default, and multinomial)
         ("psis", dict(psis_on_all=True, khat_threshold=0.7, mcmc=_policy(Stage("chees", CHEES)))),
+        ("psis", dict(psis_on_all=True, khat_threshold=0.7, psis_resample="multinomial",
+                      mcmc=_policy(Stage("chees", CHEES)))),
         # an impossible k-hat gate sends every dataset to many-chain MCMC
         ("mcmc", dict(psis_on_all=True, khat_threshold=-np.inf, mcmc=_policy(Stage("chees", CHEES)))),
         # ChEES with an impossible R-hat gate escalates to NUTS
@@ -137,3 +140,9 @@ def test_bad_datasets_fail_with_reasons_and_do_not_stop_others():
     assert not np.isfinite(res.draws[4:]).any()
     assert (res.route[:4] != "failed").all()
     assert np.isfinite(res.draws[:4]).all()
+
+
+def test_workflow_config_rejects_unknown_resampling():
+    with pytest.raises(ValueError, match="psis_resample"):
+        af.WorkflowConfig(psis_resample="residual")
+    assert af.WorkflowConfig.high_stakes().psis_min_ess == pytest.approx(0.6 * af.WorkflowConfig.num_draws)
