@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from functools import partial
 
+from amortflow._backend import on_accelerator
 from amortflow.estimators.training import TrainConfig, TrainResult, train
 from amortflow.models.base import Model
 from amortflow.nets.flows import ConditionalFlow
@@ -119,8 +120,6 @@ def npe_loss(spec: NPESpec, params, std: Standardization, batch, key=None):
     ctx = context(spec, params, std, ys, conditions)
     return -jnp.mean(log_prob_from_context(spec, params, std, theta, ctx))
 
-_ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")
-
 
 def datasets_per_step(num_datasets: int, items_per_dataset: int, budget: int | None = None) -> int:
     """How many datasets a ``lax.map`` step evaluates together so that about ``budget`` draws
@@ -133,7 +132,7 @@ def datasets_per_step(num_datasets: int, items_per_dataset: int, budget: int | N
     at 2 (benchmarks/bench_amortized.py records the sweep). Accelerators want the big batch.
     """
     if budget is None:
-        budget = (1 << 19) if jax.default_backend() in _ACCELERATORS else (1 << 12)
+        budget = (1 << 19) if on_accelerator() else (1 << 12)
     return int(max(1, min(num_datasets, budget // max(int(items_per_dataset), 1))))
 
 

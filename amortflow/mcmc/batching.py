@@ -19,12 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from amortflow._backend import on_accelerator
+
 
 def default_batch_size(batch_size: int | None) -> int | None:
     """``batch_size`` for ``lax.map``; ``None`` on accelerators means full ``vmap``."""
     if batch_size is not None:
         return int(batch_size)
-    return None if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else 1
+    return None if on_accelerator() else 1
 
 
 def num_devices() -> int:

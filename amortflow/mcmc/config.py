@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-
-
-def _on_accelerator() -> bool:
-    return jax.default_backend() in ("gpu", "cuda", "rocm", "tpu")
+from amortflow._backend import on_accelerator as _on_accelerator
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,8 +75,9 @@ def default_policy(num_output_draws: int = 1000, **kw) -> EscalationPolicy:
     Accelerators (the paper): ChEES 16 x 128 -> ChEES with 3x warmup -> NUTS.
     CPU: MEADS 4 x 16 (the cheapest per converged dataset on the GEV benchmark: ~35k gradients
     per dataset, 537 of 569 datasets accepted) -> NUTS 4 x (1000 + 1000) restarted from the
-    candidates -> the same NUTS once more from its own draws. (A middle ChEES stage accepted 15 of the 32 MEADS failures but cost a ~35 s
-    compilation: on CPU, NUTS alone is cheaper for so few datasets.)
+    candidates -> the same NUTS once more from its own draws. (A middle ChEES stage accepted 15
+    of the 32 MEADS failures but cost a ~35 s compilation: on CPU, NUTS alone is cheaper for so
+    few datasets.)
     """
     if _on_accelerator():
         chees = CheesConfig.accelerator()
