@@ -11,6 +11,8 @@ Shapes (``d`` parameters, observation shape ``obs_shape``):
                                           (``[*obs_shape]`` for ``theta`` of shape ``[d]``)
 - ``log_density(theta, y, beta=1.0)``  -> scalar  ``log p(theta) + beta * log p(y | theta)``
                                           in unconstrained space, Jacobian included
+- ``log_density_obs(theta, obs)``      -> the same for an :class:`Observation` (``y``, ``beta``,
+                                          per-dataset ``design``): what every stage calls
 - ``constrain(theta)``                 -> ``dict`` name -> constrained value (batched if theta is)
 """
 from __future__ import annotations
@@ -44,6 +46,9 @@ class Model:
       obs_kind: ``"set"`` (exchangeable leading axis), ``"vector"`` or ``"grid"``; guides the
         default summary network and data standardization.
       info: free-form JSON-serializable metadata (priors, bounds, reference).
+      design_shape: ``None`` (no per-dataset design data), or a pytree of shapes of ONE
+        dataset's design (e.g. ``{"trials": (9,)}``); then the likelihood and the simulator take
+        the design as a third argument and it rides in :class:`Observation`.
     """
 
     name: str
@@ -56,6 +61,28 @@ class Model:
     log_likelihood_fn: Callable[[Array, Array], Array]
     constrain_fn: Callable[[Array], dict]
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    design_shape: Any = None
+
+    @property
+    def uses_design(self) -> bool:
+        return self.design_shape is not None
+
+    def _check_dim(self, theta, where: str):
+        # JAX clamps out-of-range indices, so a theta of the wrong length would give a finite,
+        # wrong value; shapes are static, so this check also holds under jit / vmap.
+        if np.ndim(theta) == 0 or np.shape(theta)[-1] != self.dim:
+            raise ValueError(f"{self.name}.{where}: theta must have last axis {self.dim} "
+                             f"({', '.join(self.param_names)}), got shape {np.shape(theta)}")
+
+    def _design_args(self, design):
+        if self.design_shape is None:
+            if design is not None:
+                raise ValueError(f"{self.name}: this model takes no design data, got {type(design).__name__}")
+            return ()
+        if design is None:
+            raise ValueError(f"{self.name}: this model needs per-dataset design data "
+                             f"{self.design_shape}; pass it in the Observation (design=...)")
+        return (design,)
 
     @property
     def dim(self) -> int:
@@ -67,20 +94,24 @@ class Model:
         """``n`` unconstrained prior draws, ``[n, d]``."""
         return self.prior_sampler(key, n)
 
-    def simulate(self, key: Array, theta: Array) -> Array:
+    def simulate(self, key: Array, theta: Array, design: Any = None) -> Array:
         """Simulate one dataset per parameter vector.
 
         Args:
           key: PRNG key.
           theta: ``[n, d]`` (or ``[d]``) unconstrained parameters.
+          design: per-dataset design (leading ``n`` axis when ``theta`` is batched), for models
+            with ``design_shape``.
         Returns:
           ``[n, *obs_shape]`` (or ``[*obs_shape]``).
         """
         theta = jnp.asarray(theta)
+        self._check_dim(theta, "simulate")
+        extra = self._design_args(design)
         if theta.ndim == 1:
-            return self.simulator(key, theta)
+            return self.simulator(key, theta, *extra)
         keys = jax.random.split(key, theta.shape[0])
-        return jax.vmap(self.simulator)(keys, theta)
+        return jax.vmap(self.simulator)(keys, theta, *extra)
 
     def sample_prior_predictive(self, key: Array, n: int) -> tuple[Array, Array]:
         """``(theta [n, d], y [n, *obs_shape])`` from the joint prior predictive."""
@@ -91,23 +122,30 @@ class Model:
     # ----------------------------------------------------------------- densities
     def log_prior(self, theta: Array) -> Array:
         """Unconstrained log prior density of ``theta [d]`` (Jacobian included); scalar."""
+        self._check_dim(theta, "log_prior")
         return self.log_prior_fn(theta)
 
-    def log_likelihood(self, theta: Array, y: Array) -> Array:
+    def log_likelihood(self, theta: Array, y: Array, design: Any = None) -> Array:
         """``log p(y | theta)`` for one dataset ``y [*obs_shape]``; scalar (``-inf`` off support)."""
-        return self.log_likelihood_fn(theta, y)
+        self._check_dim(theta, "log_likelihood")
+        return self.log_likelihood_fn(theta, y, *self._design_args(design))
 
-    def log_density(self, theta: Array, y: Array, beta: float | Array = 1.0) -> Array:
+    def log_density(self, theta: Array, y: Array, beta: float | Array = 1.0, design: Any = None) -> Array:
         """``log p(theta) + beta * log p(y | theta)`` (unconstrained, Jacobian included); scalar.
 
         ``-inf`` (never NaN) where ``theta`` puts ``y`` outside the likelihood's support.
         """
-        lp = self.log_prior_fn(theta)
-        ll = self.log_likelihood_fn(theta, y)
+        lp = self.log_prior(theta)
+        ll = self.log_likelihood(theta, y, design)
         # beta * (-inf) must stay -inf for beta > 0, and 0 * -inf must not produce NaN.
         ll = jnp.where(jnp.asarray(beta) == 0, 0.0, beta * ll)
         out = lp + ll
         return jnp.where(jnp.isnan(out), -jnp.inf, out)
+
+    def log_density_obs(self, theta: Array, obs) -> Array:
+        """:meth:`log_density` for ONE dataset's :class:`~amortflow.models.Observation`
+        (``y``, temperature ``beta``, ``design``); the function every stage evaluates."""
+        return self.log_density(theta, obs.y, obs.beta, obs.design)
 
     def constrain(self, theta: Array) -> dict:
         """Named constrained values; ``theta`` may be ``[d]`` or ``[..., d]``."""
@@ -177,6 +215,7 @@ def make_model(
     constrain: Callable[[Array], dict] | None = None,
     obs_kind: str | None = None,
     info: Mapping[str, Any] | None = None,
+    design_shape: Any = None,
 ) -> Model:
     """Build a :class:`Model` from plain JAX functions (all in unconstrained space).
 
@@ -188,6 +227,10 @@ def make_model(
       constrain: ``theta [d] -> dict``; defaults to the identity with ``param_names``.
       obs_kind: ``"set"``, ``"vector"`` or ``"grid"``; default ``"vector"`` for 1-D observations,
         ``"set"`` for 2-D, ``"grid"`` otherwise.
+      design_shape: pytree of shapes of one dataset's design data, or ``None``; with it,
+        ``simulate(key, theta, design)`` and ``log_likelihood(theta, y, design)`` take it.
+    Raises:
+      ValueError: if ``sample_prior`` does not return ``[n, len(param_names)]``.
     """
     param_names = tuple(param_names)
     obs_shape = tuple(int(s) for s in obs_shape)
@@ -200,7 +243,7 @@ def make_model(
         def constrain(theta):
             return {n: theta[i] for i, n in enumerate(param_names)}
 
-    return Model(
+    model = Model(
         name=name,
         param_names=param_names,
         obs_shape=obs_shape,
@@ -211,4 +254,11 @@ def make_model(
         log_likelihood_fn=log_likelihood,
         constrain_fn=constrain,
         info=dict(info or {}),
+        design_shape=design_shape,
     )
+    probe = jax.eval_shape(lambda k: model.sample_prior(k, 2), jax.random.PRNGKey(0))
+    if tuple(probe.shape) != (2, len(param_names)):
+        raise ValueError(
+            f"make_model({name!r}): sample_prior(key, n) must return [n, {len(param_names)}] "
+            f"(one column per name in param_names={param_names}), got {tuple(probe.shape)} for n=2")
+    return model
