@@ -27,8 +27,7 @@ import numpy as np
 Array = jax.Array
 
 
-class ObservationError(ValueError):
-    """Observations that do not fit the model: wrong shape, NaN or infinite values."""
+from amortflow.errors import ObservationError  # noqa: E402  (defined with the other errors)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -155,6 +154,31 @@ class Model:
             fn = jax.vmap(fn)
         return fn(theta)
 
+    def fingerprint(self) -> str:
+        """A content hash of the model: names and shapes, plus prior draws, simulations and
+        log prior / log likelihood values at fixed keys. Two models that differ only in their
+        likelihood (same name) get different fingerprints, so resumed progress and saved
+        estimators cannot be reused against a changed model."""
+        import hashlib
+
+        h = hashlib.sha256(repr((self.name, self.param_names, self.obs_shape, self.obs_kind,
+                                 self.design_shape)).encode())
+
+        def probe(key):
+            theta = self.sample_prior(key, 4)
+            design = (None if self.design_shape is None else jax.tree.map(
+                lambda s: jnp.ones((4,) + tuple(s)), self.design_shape,
+                is_leaf=lambda s: isinstance(s, tuple)))
+            y = self.simulate(jax.random.fold_in(key, 1), theta, design)
+            shifted = theta + 0.1
+            lik = jax.vmap(self.log_likelihood)
+            args = (y,) if design is None else (y, design)
+            return (theta, y, jax.vmap(self.log_prior)(shifted), lik(theta, *args), lik(shifted, *args))
+
+        for leaf in jax.tree.leaves(jax.jit(probe)(jax.random.PRNGKey(20240904))):
+            h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+        return h.hexdigest()
+
     # ----------------------------------------------------------------- validation
     def check_observations(self, ys: Any, *, allow_nonfinite: bool = False) -> np.ndarray:
         """Validate a batch of datasets and return it as a float array ``[K, *obs_shape]``
@@ -174,32 +198,109 @@ class Model:
         return arr
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _as_numeric(ys: Any, owner: str) -> np.ndarray:
+    """``ys`` as a real numeric numpy array, or :class:`ObservationError` saying why not."""
+    try:
+        arr = np.asarray(ys)
+    except ValueError:  # ragged nesting numpy cannot stack
+        raise ObservationError(f"{owner}: observations could not be stacked into one array; pass "
+                               "an array [K, *obs_shape] or a list of per-dataset arrays") from None
+    kind = arr.dtype.kind
+    if kind == "b":
+        raise ObservationError(f"{owner}: observations are boolean; convert them explicitly "
+                               "(e.g. ys.astype(float) for 0/1 data) so their meaning is yours")
+    if kind == "c":
+        raise ObservationError(f"{owner}: observations are complex; the models here take real "
+                               "data (pass the real and imaginary parts as separate features)")
+    if kind in "USO":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ObservationError(f"{owner}: observations could not be read as numbers "
+                                   f"(dtype {arr.dtype}); pass a numeric array") from None
+    elif kind not in "fiu":
+        raise ObservationError(f"{owner}: observations of dtype {arr.dtype} are not numeric")
+    return arr
+
+
+def dataset_problem(y: np.ndarray, obs_shape: tuple[int, ...]) -> str:
+    """Why ONE dataset cannot be analysed (``""`` if it can): shape, NaN/inf, float32 overflow."""
+    if tuple(y.shape) != tuple(obs_shape):
+        return f"shape {tuple(y.shape)} does not match the model's {tuple(obs_shape)}"
+    if not np.isfinite(y).all():
+        return "dataset contains NaN or infinite values"
+    if y.size and float(np.max(np.abs(y))) > _F32_MAX:
+        return (f"values up to {float(np.max(np.abs(y))):.3g} overflow float32 (max {_F32_MAX:.3g}); "
+                "rescale the data")
+    return ""
+
+
+def screen_observations(ys: Any, obs_shape: tuple[int, ...], owner: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check every dataset on its own: ``(ys [K, *obs_shape] float32, problem [K] object)``.
+
+    ``ys`` may be an array ``[K, *obs_shape]``, one dataset ``[*obs_shape]``, or a list of
+    per-dataset arrays (a ragged list may hold wrongly shaped datasets). A dataset with a problem
+    (``problem[i] != ""``) gets a zero placeholder, so it never stops the others. What no
+    dataset could survive (non-numeric or boolean data, a scalar) raises :class:`ObservationError`.
+    """
+    obs_shape = tuple(obs_shape)
+    if isinstance(ys, (list, tuple)) and len(ys) and any(np.shape(y) != np.shape(ys[0]) for y in ys):
+        items = [_as_numeric(y, owner) for y in ys]  # ragged: judge each dataset on its own
+        problem = np.asarray([dataset_problem(y, obs_shape) for y in items] + [None])[:-1]
+        out = np.zeros((len(items),) + obs_shape, np.float32)
+        for i, y in enumerate(items):
+            if not problem[i]:
+                out[i] = y
+        return out, problem
+    arr = _as_numeric(ys, owner)
+    if arr.ndim == 0:
+        raise ObservationError(f"{owner}: got a scalar observation; expected [K, "
+                               f"{', '.join(map(str, obs_shape))}] (K datasets of shape {obs_shape})")
+    if tuple(arr.shape) == obs_shape:
+        arr = arr[None]
+    if arr.ndim != len(obs_shape) + 1 or tuple(arr.shape[1:]) != obs_shape:
+        raise ObservationError(
+            f"{owner}: expected observations of shape [K, {', '.join(map(str, obs_shape))}]"
+            f" (K datasets of shape {obs_shape}), got {tuple(arr.shape)}")
+    flat = arr.reshape(arr.shape[0], int(np.prod(obs_shape)))
+    finite = np.isfinite(flat).all(axis=1)
+    big = np.abs(np.where(np.isfinite(flat), flat, 0)).max(axis=1, initial=0) > _F32_MAX
+    problem = np.full(arr.shape[0], "", dtype=object)
+    for i in np.nonzero(~finite | big)[0]:
+        problem[i] = dataset_problem(arr[i], obs_shape)
+    out = np.where((problem != "").reshape((-1,) + (1,) * len(obs_shape)), 0, arr).astype(np.float32)
+    return out, problem
+
+
 def check_observation_batch(ys: Any, obs_shape: tuple[int, ...], owner: str, *,
                             allow_nonfinite: bool = False) -> np.ndarray:
     """Validate datasets ``[K, *obs_shape]`` (a single ``[*obs_shape]`` is promoted to K = 1).
 
-    Returns a float32 (float64 kept) array. Raises :class:`ObservationError` naming the problem:
-    wrong shape, or NaN/inf values (unless ``allow_nonfinite``) with the offending indices.
+    Returns a float32 array. Raises :class:`ObservationError` naming the problem: no datasets,
+    wrong shape or dtype, NaN/inf or float32-overflowing values (unless ``allow_nonfinite``) with
+    the offending indices.
     """
-    arr = np.asarray(ys)
-    if arr.dtype == object:
-        raise ObservationError(f"{owner}: observations must be a numeric array, got objects")
-    arr = arr.astype(np.float32) if arr.dtype != np.float64 else arr
-    if tuple(arr.shape) == tuple(obs_shape):
-        arr = arr[None]
-    if arr.ndim != len(obs_shape) + 1 or tuple(arr.shape[1:]) != tuple(obs_shape):
-        raise ObservationError(
-            f"{owner}: expected observations of shape [K, {', '.join(map(str, obs_shape))}]"
-            f" (K datasets of shape {tuple(obs_shape)}), got {tuple(np.shape(ys))}"
-        )
-    if not allow_nonfinite:
-        bad = np.nonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))[0]
-        if bad.size:
-            shown = bad[:10].tolist()
+    if allow_nonfinite:
+        arr = _as_numeric(ys, owner)
+        if tuple(arr.shape) == tuple(obs_shape):
+            arr = arr[None]
+        if arr.ndim != len(obs_shape) + 1 or tuple(arr.shape[1:]) != tuple(obs_shape):
             raise ObservationError(
-                f"{owner}: {bad.size} dataset(s) contain NaN or infinite values "
-                f"(indices {shown}{' ...' if bad.size > 10 else ''}); remove or impute them"
-            )
+                f"{owner}: expected observations of shape [K, {', '.join(map(str, obs_shape))}]"
+                f" (K datasets of shape {tuple(obs_shape)}), got {tuple(arr.shape)}")
+        return arr.astype(np.float32)
+    arr, problem = screen_observations(ys, obs_shape, owner)
+    if arr.shape[0] == 0:
+        raise ObservationError(f"{owner}: no datasets (K = 0)")
+    bad = np.nonzero(problem != "")[0]
+    if bad.size:
+        shown = bad[:10].tolist()
+        raise ObservationError(
+            f"{owner}: {bad.size} dataset(s) cannot be used: {problem[bad[0]]} (indices {shown}"
+            f"{' ...' if bad.size > 10 else ''}); remove, impute or rescale them")
     return arr
 
 
