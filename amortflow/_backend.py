@@ -10,3 +10,17 @@ ACCELERATOR_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
 def on_accelerator() -> bool:
     """True when JAX's default backend is a GPU or TPU."""
     return jax.default_backend() in ACCELERATOR_BACKENDS
+
+
+def datasets_per_step(num_datasets: int, items_per_dataset: int, budget: int | None = None) -> int:
+    """How many datasets a ``lax.map`` step evaluates together so that about ``budget`` items
+    (draws, chains) are in flight: ``2**12`` on CPU, ``2**19`` on accelerators.
+
+    On CPU the budget is set by the cache, not by memory: with 2**12 draws a conditioner's
+    ``[N, 128]`` activations (2 MB) stay in L2 between the matrix multiply and the elementwise
+    work that follows, while 2**19 draws (268 MB per activation) stream through DRAM
+    (benchmarks/bench_amortized.py records the sweep). Accelerators want the big batch.
+    """
+    if budget is None:
+        budget = (1 << 19) if on_accelerator() else (1 << 12)
+    return int(max(1, min(num_datasets, budget // max(int(items_per_dataset), 1))))

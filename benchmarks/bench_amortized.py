@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import best_time, compiled_flops, sgemm_gflops, write_result  # noqa: E402
 
 import amortflow as af  # noqa: E402
-from amortflow.estimators.npe import _sample_and_log_prob, datasets_per_step, init_params, NPESpec  # noqa: E402
+from amortflow._backend import datasets_per_step  # noqa: E402
+from amortflow.estimators.npe import _sample_and_log_prob, init_params, NPESpec  # noqa: E402
 from amortflow.presets import gev_preset  # noqa: E402
 
 
@@ -47,7 +48,8 @@ def main():
     print(f"sgemm roofline: {roofline:.1f} GFLOP/s")
 
     # ---- training throughput (fused lax.scan steps; compile excluded)
-    from amortflow.estimators.npe import fit_standardization, npe_loss
+    from amortflow.estimators.data import fit_standardization
+    from amortflow.estimators.npe import npe_loss
     from amortflow.estimators.training import _make_chunk
 
     theta, ys = af.estimators.simulate_bank(jax.random.PRNGKey(0), model, 10_000, progress=False)

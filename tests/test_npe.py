@@ -40,7 +40,7 @@ def test_sampling_is_deterministic_and_chunking_invariant(gaussian_model, gaussi
 
 
 def test_datasets_per_step_budget():
-    from amortflow.estimators.npe import datasets_per_step
+    from amortflow._backend import datasets_per_step
 
     assert datasets_per_step(1000, 2000, budget=4096) == 2
     assert datasets_per_step(1000, 100, budget=4096) == 40
@@ -70,8 +70,14 @@ def test_load_rejects_tampered_files(tmp_path, gaussian_estimator):
     path = tmp_path / "est"
     gaussian_estimator.save(path)
     cfg = json.loads((path / "estimator.json").read_text())
+    assert cfg["format_version"] == 2 and len(cfg["arrays_sha256"]) == len(cfg["architecture_sha256"]) == 64
     cfg["spec"]["flow"]["hidden"] = [16, 16]  # architecture no longer matches the arrays
     (path / "estimator.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="estimator.json.*modified or damaged"):
+        af.load_estimator(path)
+    # a format-1 file (no checksums) still has its arrays checked against the architecture
+    v1 = {k: v for k, v in cfg.items() if not k.endswith("_sha256")}
+    (path / "estimator.json").write_text(json.dumps({**v1, "format_version": 1}))
     with pytest.raises(CheckpointError, match="shape"):
         af.load_estimator(path)
     cfg["spec"]["flow"]["hidden"] = [64, 64]

@@ -1,15 +1,13 @@
-"""Estimators: neural posterior estimation (and the shared training loop and checkpoints)."""
-from amortflow.estimators.checkpoint import CheckpointError, load_estimator
-from amortflow.estimators.npe import (
-    NPESpec,
-    PosteriorEstimator,
-    Standardization,
-    fit_posterior,
-    simulate_bank,
-)
+"""Estimators behind one protocol (:class:`Estimator`): neural posterior estimation, the shared
+training loop and training data, and checkpoints dispatched on the estimator's kind."""
+from amortflow.estimators.base import Estimator
+from amortflow.estimators.checkpoint import CheckpointError, load_estimator, register_estimator_kind
+from amortflow.estimators.data import Standardization, fit_standardization, simulate_bank, split_bank
+from amortflow.estimators.npe import NPESpec, PosteriorEstimator, fit_posterior
 from amortflow.estimators.training import TrainConfig, TrainingDivergedError, train
 
 __all__ = [
-    "CheckpointError", "load_estimator", "NPESpec", "PosteriorEstimator", "Standardization",
-    "fit_posterior", "simulate_bank", "TrainConfig", "TrainingDivergedError", "train",
+    "Estimator", "CheckpointError", "load_estimator", "register_estimator_kind", "NPESpec",
+    "PosteriorEstimator", "Standardization", "fit_standardization", "fit_posterior",
+    "simulate_bank", "split_bank", "TrainConfig", "TrainingDivergedError", "train",
 ]

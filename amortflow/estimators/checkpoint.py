@@ -1,27 +1,60 @@
-"""Saving and loading estimators as data: ``estimator.json`` (configuration, names, library
-version, training history) + ``arrays.msgpack`` (Flax msgpack of parameters and
-standardization). Loading validates every field and every array shape against the architecture
-rebuilt from the JSON; nothing in a file is ever executed.
+"""Saving and loading estimators as data: ``estimator.json`` (kind, architecture, names, library
+version, training history, checksums) + ``arrays.msgpack`` (Flax msgpack of the arrays).
+
+This module knows no estimator type: each kind registers a loader with
+:func:`register_estimator_kind`, and :func:`load_estimator` checks what is common to all kinds
+(format, version, checksums, finite arrays) before dispatching on ``kind``. Nothing in a file is
+ever executed.
+
+Format versions: 1 had no checksums (still loaded); 2 stores the sha256 of the
+``arrays.msgpack`` bytes and of the canonical architecture JSON, verified on load so that an
+edited or damaged file is refused instead of silently giving a different posterior.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
 from amortflow._version import __version__
-from amortflow.nets.specs import spec_from_dict, spec_to_dict
+from amortflow.estimators.base import architecture_json
 
 FORMAT = "amortflow-estimator"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CONFIG_FILE = "estimator.json"
+ARRAYS_FILE = "arrays.msgpack"
+
+#: ``loader(config, state, path) -> estimator``; filled by the modules defining estimator kinds
+_LOADERS: dict[str, Callable[[dict, dict, str], Any]] = {}
 
 
 class CheckpointError(ValueError):
-    """A saved estimator is missing, malformed, or does not match its declared architecture."""
+    """A saved estimator is missing, malformed, damaged, or does not match its architecture."""
+
+
+def register_estimator_kind(kind: str, loader: Callable[[dict, dict, str], Any]) -> None:
+    """Make :func:`load_estimator` answer files of ``kind`` with ``loader``.
+
+    ``loader(config, state, path)`` gets the parsed ``estimator.json`` (format, version and
+    checksums already verified), the raw msgpack state dict (nested dicts of numpy arrays, all
+    finite) and the directory; it validates its own fields (raising :class:`CheckpointError`
+    naming the file and field) and returns the estimator.
+    """
+    _LOADERS[kind] = loader
+
+
+def registered_kinds() -> tuple[str, ...]:
+    return tuple(sorted(_LOADERS))
+
+
+def checkpoint_files(path) -> tuple[str, str]:
+    """``(estimator.json path, arrays.msgpack path)`` inside directory ``path``."""
+    return os.path.join(path, CONFIG_FILE), os.path.join(path, ARRAYS_FILE)
 
 
 def _jsonable(obj):
@@ -36,125 +69,130 @@ def _jsonable(obj):
     return obj
 
 
-def save_estimator(est, path) -> None:
-    """Write ``est`` (a :class:`~amortflow.estimators.npe.PosteriorEstimator`) to directory ``path``."""
+def _architecture_sha256(kind, spec, param_names) -> str:
+    return hashlib.sha256(architecture_json(kind, spec, param_names)).hexdigest()
+
+
+def write_estimator(path, *, kind: str, spec: dict, param_names, model_name: str, arrays,
+                    **fields) -> None:
+    """Write an estimator of ``kind`` to directory ``path``.
+
+    Args:
+      spec: JSON-ready architecture (lists, not tuples); what the loader rebuilds from.
+      arrays: pytree of arrays (``serialization.to_state_dict``-able).
+      fields: further JSON-ready entries (training history, configuration, ...).
+    """
     os.makedirs(path, exist_ok=True)
-    spec = est.spec
+    cfg_file, arr_file = checkpoint_files(path)
+    blob = serialization.to_bytes(arrays)
+    spec = json.loads(json.dumps(_jsonable(spec)))  # hash what a reader will parse back
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "amortflow_version": __version__,
-        "kind": est.kind,
-        "model_name": est.model_name,
-        "param_names": list(est.param_names),
-        "spec": {
-            "dim": spec.dim,
-            "obs_shape": list(spec.obs_shape),
-            "obs_kind": spec.obs_kind,
-            "num_conditions": spec.num_conditions,
-            "summary": spec_to_dict(spec.summary),
-            "flow": spec_to_dict(spec.flow),
-        },
-        "train_config": _jsonable(est.train_config),
-        "history": _jsonable(est.history),
-        "extra": _jsonable(est.extra),
+        "kind": kind,
+        "model_name": model_name,
+        "param_names": list(param_names),
+        "spec": spec,
+        "architecture_sha256": _architecture_sha256(kind, spec, param_names),
+        "arrays_sha256": hashlib.sha256(blob).hexdigest(),
+        **{k: _jsonable(v) for k, v in fields.items()},
     }
-    arrays = {"params": est.params, "standardization": est.standardization._asdict()}
-    tmp = os.path.join(path, "arrays.msgpack.tmp")
-    with open(tmp, "wb") as f:
-        f.write(serialization.to_bytes(arrays))
-    os.replace(tmp, os.path.join(path, "arrays.msgpack"))
-    with open(os.path.join(path, "estimator.json"), "w") as f:
-        json.dump(config, f, indent=1)
+    # arrays first, each file replaced atomically: an interrupted save never pairs a new
+    # estimator.json with old arrays (the checksum would refuse the mix anyway)
+    for file, data, mode in ((arr_file, blob, "wb"), (cfg_file, json.dumps(config, indent=1), "w")):
+        with open(file + ".tmp", mode) as f:
+            f.write(data)
+        os.replace(file + ".tmp", file)
 
 
-def _require(cfg, key, typ, where="estimator.json"):
+def require(cfg: dict, key: str, typ, where: str, *, name: str | None = None):
+    """``cfg[key]`` if present and of type ``typ`` (bool is not an int here), else
+    :class:`CheckpointError` naming ``where`` and the field (``name``, default ``key``)."""
+    name = name or key
     if key not in cfg:
-        raise CheckpointError(f"{where}: missing field {key!r}")
-    if not isinstance(cfg[key], typ):
-        raise CheckpointError(f"{where}: field {key!r} should be {typ}, got {type(cfg[key]).__name__}")
-    return cfg[key]
+        raise CheckpointError(f"{where}: missing field {name!r}")
+    v = cfg[key]
+    if not isinstance(v, typ) or (isinstance(v, bool) and typ is int):
+        expected = getattr(typ, "__name__", str(typ))
+        raise CheckpointError(f"{where}: field {name!r} should be {expected}, got {v!r}")
+    return v
+
+
+def check_shapes(arrays, template, where: str) -> None:
+    """Every leaf of ``arrays`` has its ``template`` leaf's shape, else CheckpointError."""
+    for (kp, a), b in zip(jax.tree_util.tree_leaves_with_path(arrays), jax.tree_util.tree_leaves(template)):
+        if np.shape(a) != np.shape(b):
+            raise CheckpointError(
+                f"{where}: array {jax.tree_util.keystr(kp)} has shape {np.shape(a)}, "
+                f"architecture needs {np.shape(b)}"
+            )
+
+
+def _check_finite(state, where: str) -> None:
+    for kp, a in jax.tree_util.tree_leaves_with_path(state):
+        a = np.asarray(a)
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise CheckpointError(
+                f"{where}: array {jax.tree_util.keystr(kp)} contains NaN or infinite values; "
+                "the estimator is unusable (diverged training or a damaged file): retrain it"
+            )
+
+
+def _damaged(file: str, what: str) -> CheckpointError:
+    return CheckpointError(f"{file}: {what}: the file was modified or damaged after saving; "
+                           "re-save the estimator (or retrain it)")
 
 
 def load_estimator(path):
-    """Load an estimator written by ``est.save(path)``; validates configuration and arrays.
+    """Load an estimator written by ``est.save(path)``, of any registered kind.
 
     Raises:
-      CheckpointError: missing files, unknown format/version, or arrays that do not match the
-        architecture described in the JSON.
+      CheckpointError: missing files, unknown format/version/kind, checksum mismatch (an edited
+        or damaged file), undecodable or non-finite arrays, fields of the wrong type, or arrays
+        that do not match the architecture described in the JSON. The message names the file.
     """
-    from amortflow.estimators.npe import NPESpec, PosteriorEstimator, Standardization, init_params
-
-    cfg_file = os.path.join(path, "estimator.json")
-    arr_file = os.path.join(path, "arrays.msgpack")
+    path = str(path)
+    cfg_file, arr_file = checkpoint_files(path)
     for f in (cfg_file, arr_file):
         if not os.path.isfile(f):
             raise CheckpointError(f"{path}: no {os.path.basename(f)} (not a saved amortflow estimator)")
     try:
         with open(cfg_file) as f:
             cfg = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_file}: not an amortflow estimator file")
-    if _require(cfg, "format_version", int) > FORMAT_VERSION:
+    version = require(cfg, "format_version", int, cfg_file)
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{cfg_file}: format version {cfg['format_version']} is newer than this amortflow "
+            f"{cfg_file}: format version {version} is newer than this amortflow "
             f"({__version__}) understands; upgrade amortflow"
         )
-    if _require(cfg, "kind", str) != "npe":
-        raise CheckpointError(f"{cfg_file}: unsupported estimator kind {cfg['kind']!r}")
-    s = _require(cfg, "spec", dict)
-    try:
-        spec = NPESpec(
-            dim=int(_require(s, "dim", int, "spec")),
-            obs_shape=tuple(int(v) for v in _require(s, "obs_shape", list, "spec")),
-            obs_kind=str(_require(s, "obs_kind", str, "spec")),
-            summary=spec_from_dict(_require(s, "summary", dict, "spec")),
-            flow=spec_from_dict(_require(s, "flow", dict, "spec")),
-            num_conditions=int(s.get("num_conditions", 0)),
-        )
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{cfg_file}: invalid architecture ({e})") from None
-    names = tuple(_require(cfg, "param_names", list))
-    if len(names) != spec.dim:
-        raise CheckpointError(f"{cfg_file}: {len(names)} parameter names for dimension {spec.dim}")
-
-    template_params = init_params(spec, jax.random.PRNGKey(0))
-    d = spec.dim
-    template = {
-        "params": template_params,
-        "standardization": {"theta_loc": np.zeros(d, np.float32), "theta_scale": np.ones(d, np.float32),
-                            "y_loc": np.zeros(0, np.float32), "y_scale": np.zeros(0, np.float32)},
-    }
+    kind = require(cfg, "kind", str, cfg_file)
+    if kind not in _LOADERS:
+        raise CheckpointError(f"{cfg_file}: unknown estimator kind {kind!r}; registered kinds: "
+                              f"{list(registered_kinds())}")
     with open(arr_file, "rb") as f:
-        raw = serialization.msgpack_restore(f.read())
+        blob = f.read()
+    if version >= 2:
+        arch = _architecture_sha256(kind, cfg.get("spec"), require(cfg, "param_names", list, cfg_file))
+        if require(cfg, "architecture_sha256", str, cfg_file) != arch:
+            raise _damaged(cfg_file, "the architecture does not match its checksum")
+        if require(cfg, "arrays_sha256", str, cfg_file) != hashlib.sha256(blob).hexdigest():
+            raise _damaged(arr_file, "the arrays do not match the checksum in estimator.json")
     try:
-        restored = serialization.from_state_dict(template, raw)
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{arr_file}: arrays do not match the architecture ({e})") from None
-    for (kp, a), b in zip(jax.tree_util.tree_leaves_with_path(restored["params"]),
-                          jax.tree_util.tree_leaves(template_params)):
-        if np.shape(a) != np.shape(b):
-            raise CheckpointError(
-                f"{arr_file}: array {jax.tree_util.keystr(kp)} has shape {np.shape(a)}, "
-                f"architecture needs {np.shape(b)}"
-            )
-    st = restored["standardization"]
-    for k in ("theta_loc", "theta_scale"):
-        if np.shape(st[k]) != (d,):
-            raise CheckpointError(f"{arr_file}: standardization {k} has shape {np.shape(st[k])}, expected ({d},)")
+        state = serialization.msgpack_restore(blob)
+    except Exception as e:  # msgpack raises several unrelated types on truncated/garbled bytes
+        raise CheckpointError(f"{arr_file}: cannot be decoded ({type(e).__name__}: {e}); the file "
+                              "is truncated or damaged: re-save the estimator (or retrain it)") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{arr_file}: expected a dict of arrays, got {type(state).__name__}")
+    _check_finite(state, arr_file)
     try:
-        np.broadcast_shapes(np.shape(st["y_loc"]), np.shape(st["y_scale"]), spec.obs_shape)
-    except ValueError:
-        raise CheckpointError(f"{arr_file}: observation standardization does not fit {spec.obs_shape}") from None
-    return PosteriorEstimator(
-        spec=spec,
-        params=jax.tree_util.tree_map(jnp.asarray, restored["params"]),
-        standardization=Standardization(**{k: jnp.asarray(v) for k, v in st.items()}),
-        param_names=names,
-        model_name=str(_require(cfg, "model_name", str)),
-        history=cfg.get("history", {}),
-        train_config=cfg.get("train_config", {}),
-        extra={**cfg.get("extra", {}), "loaded_from": str(path), "saved_with": cfg.get("amortflow_version")},
-    )
+        return _LOADERS[kind](cfg, state, path)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:  # a field the loader did not anticipate
+        raise CheckpointError(f"{cfg_file}: invalid {kind} estimator ({type(e).__name__}: {e})") from None

@@ -6,18 +6,28 @@ Shapes: ``d`` parameters, ``K`` datasets, ``S`` draws per dataset, ``c`` summary
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from functools import partial
+from flax import serialization
 
-from amortflow._backend import on_accelerator
+from amortflow._backend import datasets_per_step  # noqa: F401  (re-exported; lives in _backend)
+from amortflow.estimators import checkpoint as ckpt
+from amortflow.estimators.base import content_fingerprint, is_concrete
+from amortflow.estimators.data import (  # noqa: F401  (Standardization etc. re-exported)
+    Standardization,
+    fit_standardization,
+    simulate_bank,
+    split_bank,
+)
 from amortflow.estimators.training import TrainConfig, TrainResult, train
-from amortflow.models.base import Model
+from amortflow.models.base import Model, ObservationError, check_observation_batch
+from amortflow.models.observation import Observation
 from amortflow.nets.flows import ConditionalFlow
-from amortflow.nets.specs import FlowSpec
+from amortflow.nets.specs import FlowSpec, spec_from_dict, spec_to_dict
 from amortflow.nets.summary import build_summary, default_summary_spec
 
 
@@ -25,8 +35,9 @@ from amortflow.nets.summary import build_summary, default_summary_spec
 class NPESpec:
     """Static description of a posterior estimator (hashable: a jit static argument).
 
-    ``num_conditions`` extra scalars (e.g. a log-temperature for generalized Bayes) are appended
-    to the learned summary to form the flow's context.
+    The flow's context is the learned summary followed by ``num_conditions`` extra scalars
+    (``log beta`` for a generalized-Bayes estimator, unless ``conditions=`` are passed) and then
+    ``design_dim`` values: the flattened leaves of the observation's design data.
     """
 
     dim: int
@@ -35,6 +46,12 @@ class NPESpec:
     summary: Any
     flow: FlowSpec
     num_conditions: int = 0
+    design_dim: int = 0
+
+    @property
+    def num_extra(self) -> int:
+        """Context entries beyond the summary: ``num_conditions + design_dim``."""
+        return self.num_conditions + self.design_dim
 
     @property
     def summary_net(self):
@@ -45,57 +62,17 @@ class NPESpec:
         return ConditionalFlow(dim=self.dim, spec=self.flow)
 
 
-class Standardization(NamedTuple):
-    """Affine standardization applied inside the estimator.
-
-    ``theta_loc``/``theta_scale``: ``[d]``; ``y_loc``/``y_scale`` broadcast against one
-    observation (per set feature for sets, per element for vectors, scalar for grids).
-    """
-
-    theta_loc: jax.Array
-    theta_scale: jax.Array
-    y_loc: jax.Array
-    y_scale: jax.Array
-
-
-def fit_standardization(theta: np.ndarray, ys: np.ndarray, obs_kind: str) -> Standardization:
-    """Standardization from a simulation bank ``theta [N, d]``, ``ys [N, *obs_shape]``.
-
-    Observations use the median and the MAD (scaled to a normal sd): heavy-tailed simulators
-    (GEV with xi > 0) would otherwise let a few extreme simulations set the scale.
-    """
-    theta = np.asarray(theta, np.float64)
-    ys = np.asarray(ys, np.float64)
-    obs_ndim = ys.ndim - 1
-    if obs_kind == "set":
-        axes = (0, 1)  # pool over datasets and set elements; one value per feature
-    elif obs_kind == "vector":
-        axes = (0,)
-    else:
-        axes = tuple(range(ys.ndim))
-    med = np.median(ys, axis=axes, keepdims=True)
-    mad = 1.4826 * np.median(np.abs(ys - med), axis=axes, keepdims=True)
-    sd = ys.std(axis=axes, keepdims=True)
-    scale = np.where(mad > 1e-8 * (1 + np.abs(med)), mad, np.where(sd > 0, sd, 1.0))
-    y_loc = med.reshape(med.shape[1:]) if med.ndim > obs_ndim else med
-    y_scale = scale.reshape(scale.shape[1:]) if scale.ndim > obs_ndim else scale
-    t_sd = theta.std(axis=0)
-    return Standardization(
-        theta_loc=jnp.asarray(theta.mean(axis=0), jnp.float32),
-        theta_scale=jnp.asarray(np.where(t_sd > 0, t_sd, 1.0), jnp.float32),
-        y_loc=jnp.asarray(y_loc, jnp.float32),
-        y_scale=jnp.asarray(y_scale, jnp.float32),
-    )
-
-
 # ------------------------------------------------------------------ pure functions of arrays
 def context(spec: NPESpec, params, std: Standardization, ys, conditions=None):
-    """Flow context for datasets ``ys [..., *obs_shape]`` -> ``[..., c (+ num_conditions)]``."""
+    """Flow context for datasets ``ys [..., *obs_shape]`` -> ``[..., c + num_extra]``.
+
+    ``conditions``: the extra inputs ``[..., num_extra]`` (broadcast): conditions, then the
+    flattened design (see :class:`NPESpec`)."""
     s = spec.summary_net.apply(params["summary"], (ys - std.y_loc) / std.y_scale)
-    if spec.num_conditions:
+    if spec.num_extra:
         if conditions is None:
-            raise ValueError(f"this estimator is conditioned on {spec.num_conditions} extra inputs")
-        s = jnp.concatenate([s, jnp.broadcast_to(conditions, s.shape[:-1] + (spec.num_conditions,))], -1)
+            raise ValueError(f"this estimator is conditioned on {spec.num_extra} extra inputs")
+        s = jnp.concatenate([s, jnp.broadcast_to(conditions, s.shape[:-1] + (spec.num_extra,))], -1)
     return s
 
 
@@ -121,52 +98,40 @@ def npe_loss(spec: NPESpec, params, std: Standardization, batch, key=None):
     return -jnp.mean(log_prob_from_context(spec, params, std, theta, ctx))
 
 
-def datasets_per_step(num_datasets: int, items_per_dataset: int, budget: int | None = None) -> int:
-    """How many datasets a ``lax.map`` step evaluates together so that about ``budget`` draws
-    are in flight: ``2**12`` on CPU, ``2**19`` on accelerators.
-
-    On CPU the budget is set by the cache, not by memory: with 2**12 draws a conditioner's
-    ``[N, 128]`` activations (2 MB) stay in L2 between the matrix multiply and the elementwise
-    work that follows, while 2**19 draws (268 MB per activation) stream through DRAM. Measured on
-    this 2-core machine (1000 GEV datasets x 2000 draws): 8.5 s at 262 datasets per step, 5.0 s
-    at 2 (benchmarks/bench_amortized.py records the sweep). Accelerators want the big batch.
-    """
-    if budget is None:
-        budget = (1 << 19) if on_accelerator() else (1 << 12)
-    return int(max(1, min(num_datasets, budget // max(int(items_per_dataset), 1))))
-
-
 @partial(jax.jit, static_argnames=("spec", "num_draws", "batch_size", "num_devices"))
-def _sample_and_log_prob(spec, params, std, keys, ys, conditions, num_draws, batch_size, num_devices=1):
+def _sample_and_log_prob(spec, params, std, keys, ys, extra, num_draws, batch_size, num_devices=1):
     """Draws for datasets ``ys [K, ...]`` with per-dataset ``keys [K]``; ``K`` a multiple of
     ``num_devices``. The dataset axis is sharded over the devices; on each, ``lax.map`` runs
-    ``batch_size`` datasets at a time (memory bound) and the summary network once per dataset."""
+    ``batch_size`` datasets at a time (memory bound) and the summary network once per dataset.
+    ``extra``: ``[K, num_extra]`` context inputs or None."""
 
-    def local(params, std, keys, ys, conditions):
+    def local(params, std, keys, ys, extra):
         def one(args):
-            k, y, cond = args
-            ctx = context(spec, params, std, y[None], None if cond is None else cond[None])[0]
+            k, y, e = args
+            ctx = context(spec, params, std, y[None], None if e is None else e[None])[0]
             return sample_from_context(spec, params, std, k, ctx, num_draws)
 
-        return jax.lax.map(one, (keys, ys, conditions), batch_size=batch_size)
+        return jax.lax.map(one, (keys, ys, extra), batch_size=batch_size)
 
     if num_devices == 1:
-        return local(params, std, keys, ys, conditions)
+        return local(params, std, keys, ys, extra)
     from jax.sharding import Mesh, PartitionSpec as P
 
     mesh = Mesh(np.asarray(jax.devices()[:num_devices]), ("data",))
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data"), P("data"), P("data")),
-                         out_specs=P("data"), check_vma=False)(params, std, keys, ys, conditions)
+                         out_specs=P("data"), check_vma=False)(params, std, keys, ys, extra)
 
 
 @partial(jax.jit, static_argnames=("spec", "batch_size"))
-def _log_prob(spec, params, std, theta, ys, conditions, batch_size):
+def _log_prob(spec, params, std, theta, ys, extra, batch_size):
+    """``log q`` of ``theta [K, S, d]`` given datasets ``ys [K, ...]`` -> ``[K, S]``."""
+
     def one(args):
-        th, y, cond = args
-        ctx = context(spec, params, std, y[None], None if cond is None else cond[None])
+        th, y, e = args
+        ctx = context(spec, params, std, y[None], None if e is None else e[None])
         return log_prob_from_context(spec, params, std, th, ctx)
 
-    return jax.lax.map(one, (theta, ys, conditions), batch_size=batch_size)
+    return jax.lax.map(one, (theta, ys, extra), batch_size=batch_size)
 
 
 @partial(jax.jit, static_argnames=("spec", "batch_size"))
@@ -178,16 +143,78 @@ def _summaries(spec, params, std, ys, batch_size):
 
 
 def _as_conditions(spec, conditions, k):
-    if spec.num_conditions == 0:
-        return None
+    """Explicit ``conditions`` (scalar, ``[K]`` or ``[K, num_conditions]``) -> ``[K, num_conditions]``."""
     c = jnp.asarray(conditions, jnp.float32)
     return jnp.broadcast_to(c.reshape(c.shape + (1,) * (2 - c.ndim)) if c.ndim < 2 else c,
                             (k, spec.num_conditions))
 
 
+def _datasets(spec: NPESpec, obs, owner: str):
+    """Normalise ``obs`` (array or :class:`Observation`, batched or one dataset) to
+    ``(ys [K, *obs_shape] float32, beta [K] | None, design (leading K) | None, single)``.
+
+    Shapes are checked always (they are static, known under tracing too); dtype and finiteness
+    only for concrete inputs, so the estimator stays traceable under ``jit``/``vmap``/``grad``.
+    """
+    y, beta, design = (obs.y, obs.beta, obs.design) if isinstance(obs, Observation) else (obs, None, None)
+    obs_shape = tuple(spec.obs_shape)
+    single = tuple(np.shape(y)) == obs_shape
+    if is_concrete(y):
+        ys = jnp.asarray(check_observation_batch(y, obs_shape, owner), jnp.float32)
+    else:
+        if not single and tuple(np.shape(y)[1:]) != obs_shape:
+            raise ObservationError(
+                f"{owner}: expected observations of shape [K, {', '.join(map(str, obs_shape))}]"
+                f" (K datasets of shape {obs_shape}), got {tuple(np.shape(y))}")
+        ys = jnp.asarray(y, jnp.float32)
+        ys = ys[None] if single else ys
+    k = ys.shape[0]
+    if beta is not None:
+        beta = jnp.broadcast_to(jnp.reshape(jnp.asarray(beta, jnp.float32), (-1,)), (k,))
+    if design is not None and single:
+        design = jax.tree.map(lambda a: jnp.asarray(a)[None], design)
+    return ys, beta, design, single
+
+
+def _extra_inputs(spec: NPESpec, k: int, beta, design, conditions):
+    """The context's extra inputs ``[K, num_extra]`` (None if the spec has none): explicit
+    ``conditions`` or else ``log beta`` (beta defaults to 1), then the flattened design."""
+    cols = []
+    if spec.num_conditions:
+        if conditions is not None:
+            cols.append(_as_conditions(spec, conditions, k))
+        elif spec.num_conditions == 1:
+            b = jnp.ones((k,), jnp.float32) if beta is None else beta
+            if is_concrete(b) and not (np.isfinite(np.asarray(b)).all() and (np.asarray(b) > 0).all()):
+                raise ValueError(f"beta must be positive and finite for a beta-conditioned estimator, got {b}")
+            cols.append(jnp.log(b)[:, None])
+        else:
+            raise ValueError(f"this estimator is conditioned on {spec.num_conditions} extra inputs; "
+                             "pass conditions=[K, num_conditions]")
+    if spec.design_dim:
+        if design is None:
+            raise ValueError(f"this estimator takes {spec.design_dim} design values per dataset; "
+                             "pass an Observation with design=...")
+        flat = jnp.concatenate([jnp.reshape(jnp.asarray(a, jnp.float32), (k, -1))
+                                for a in jax.tree.leaves(design)], axis=1)
+        if flat.shape[1] != spec.design_dim:
+            raise ValueError(f"design data has {flat.shape[1]} values per dataset, the estimator "
+                             f"was built for design_dim={spec.design_dim}")
+        cols.append(flat)
+    if not cols:
+        return None
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=1)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class PosteriorEstimator:
-    """A trained neural posterior ``q(theta | y)``.
+    """A trained neural posterior ``q(theta | y)`` (an :class:`~amortflow.estimators.base.Estimator`).
+
+    Every method takes ``obs``: datasets ``[K, *obs_shape]``, one dataset ``[*obs_shape]``
+    (``K = 1``), or an :class:`~amortflow.models.observation.Observation`. Its ``beta`` is read
+    only by a beta-conditioned estimator (``spec.num_conditions == 1``: context gets
+    ``log beta``), its design only when ``spec.design_dim > 0``. Methods are traceable
+    (``jit``, ``vmap``, ``grad``); value checks run on concrete inputs only.
 
     Attributes:
       spec: architecture (:class:`NPESpec`).
@@ -208,98 +235,97 @@ class PosteriorEstimator:
     extra: dict = dataclasses.field(default_factory=dict)
 
     kind = "npe"
+    has_log_prob = True
 
-    def _check(self, ys) -> jax.Array:
-        from amortflow.models.base import check_observation_batch
+    def _inputs(self, obs, conditions):
+        ys, beta, design, single = _datasets(self.spec, obs, f"estimator for {self.model_name!r}")
+        return ys, _extra_inputs(self.spec, ys.shape[0], beta, design, conditions), single
 
-        owner = f"estimator for {self.model_name!r}"
-        return jnp.asarray(check_observation_batch(ys, self.spec.obs_shape, owner), jnp.float32)
-
-    def sample_and_log_prob(self, key, ys, num_draws: int, *, conditions=None, batch_size: int | None = None):
+    def sample_and_log_prob(self, key, obs, num_draws: int, *, conditions=None, batch_size: int | None = None):
         """Amortized draws for ``K`` datasets in one compiled call.
 
         Args:
           key: PRNG key.
-          ys: ``[K, *obs_shape]`` observations (or one dataset ``[*obs_shape]``).
+          obs: ``[K, *obs_shape]`` observations, one dataset ``[*obs_shape]`` (``K = 1``), or an
+            :class:`~amortflow.models.observation.Observation`.
           num_draws: ``S`` draws per dataset.
           conditions: ``[K, num_conditions]`` (or broadcastable) extra inputs, if the estimator
-            was trained with them.
+            was trained with them; overrides ``log beta`` of a beta-conditioned estimator.
           batch_size: datasets evaluated together per device; default
-            :func:`datasets_per_step` (cache-sized on CPU, large on accelerators).
+            :func:`~amortflow._backend.datasets_per_step` (cache-sized on CPU, large on accelerators).
         Returns:
           ``(draws [K, S, d], log_q [K, S])`` in the model's unconstrained space.
         """
-        ys = self._check(ys)
+        ys, extra, _ = self._inputs(obs, conditions)
         k = ys.shape[0]
         n_dev = min(len(jax.devices()), k)
         pad = -k % n_dev
         keys = jax.random.split(key, k)  # per-dataset keys: results do not depend on padding
-        cond = _as_conditions(self.spec, conditions, k)
         if pad:
             keys, ys = jnp.concatenate([keys, keys[:pad]]), jnp.concatenate([ys, ys[:pad]])
-            cond = None if cond is None else jnp.concatenate([cond, cond[:pad]])
+            extra = None if extra is None else jnp.concatenate([extra, extra[:pad]])
         per_dev = (k + pad) // n_dev
         bs = batch_size or datasets_per_step(per_dev, num_draws)
-        draws, log_q = _sample_and_log_prob(self.spec, self.params, self.standardization, keys, ys, cond,
+        draws, log_q = _sample_and_log_prob(self.spec, self.params, self.standardization, keys, ys, extra,
                                             int(num_draws), int(min(bs, per_dev)), n_dev)
         return draws[:k], log_q[:k]
 
-    def sample(self, key, ys, num_draws: int, **kw):
+    def sample(self, key, obs, num_draws: int, **kw):
         """``draws [K, S, d]``."""
-        return self.sample_and_log_prob(key, ys, num_draws, **kw)[0]
+        return self.sample_and_log_prob(key, obs, num_draws, **kw)[0]
 
-    def log_prob(self, theta, ys, *, conditions=None, batch_size: int | None = None):
-        """``log q(theta | y)`` for ``theta [K, S, d]`` (or ``[K, d]``) and ``ys [K, *obs]``."""
-        ys = self._check(ys)
+    def log_prob(self, theta, obs, *, conditions=None, batch_size: int | None = None):
+        """``log q(theta | y)``.
+
+        Datasets ``[K, *obs]``: ``theta [K, S, d]`` -> ``[K, S]``, ``theta [K, d]`` -> ``[K]``.
+        One dataset ``[*obs]``: ``theta [S, d]`` -> ``[S]``, ``theta [d]`` -> ``[]``.
+        """
+        ys, extra, single = self._inputs(obs, conditions)
+        k, d = ys.shape[0], self.spec.dim
         theta = jnp.asarray(theta, jnp.float32)
-        squeeze = theta.ndim == 2
-        if squeeze:
-            theta = theta[:, None, :]
-        bs = batch_size or datasets_per_step(ys.shape[0], theta.shape[1])
-        out = _log_prob(self.spec, self.params, self.standardization, theta, ys,
-                        _as_conditions(self.spec, conditions, ys.shape[0]), int(bs))
-        return out[:, 0] if squeeze else out
+        per_dataset = theta.ndim - (0 if single else 1)  # 1: one theta per dataset, 2: S of them
+        if per_dataset not in (1, 2) or theta.shape[-1] != d or (not single and theta.shape[0] != k):
+            raise ValueError(
+                f"log_prob: theta of shape {theta.shape} does not fit "
+                + ("one dataset: expected [S, {d}] or [{d}]".format(d=d) if single
+                   else f"{k} datasets: expected [{k}, S, {d}] or [{k}, {d}]"))
+        th = theta.reshape((k, -1, d))
+        bs = batch_size or datasets_per_step(k, th.shape[1])
+        out = _log_prob(self.spec, self.params, self.standardization, th, ys, extra, int(bs))
+        return out.reshape(theta.shape[:-1])
 
-    def summaries(self, ys, *, batch_size: int = 1024):
-        """Learned summary statistics ``[K, c]`` (for OOD checks)."""
-        ys = self._check(ys)
+    def summaries(self, obs, *, batch_size: int = 1024):
+        """Learned summary statistics ``[K, c]`` (for OOD checks; conditions not included)."""
+        ys = _datasets(self.spec, obs, f"estimator for {self.model_name!r}")[0]
         return _summaries(self.spec, self.params, self.standardization, ys, int(min(batch_size, ys.shape[0])))
+
+    def _spec_dict(self) -> dict:
+        spec = self.spec
+        return {
+            "dim": spec.dim,
+            "obs_shape": list(spec.obs_shape),
+            "obs_kind": spec.obs_kind,
+            "num_conditions": spec.num_conditions,
+            "design_dim": spec.design_dim,
+            "summary": spec_to_dict(spec.summary),
+            "flow": spec_to_dict(spec.flow),
+        }
+
+    def _arrays(self) -> dict:
+        return {"params": self.params, "standardization": self.standardization._asdict()}
+
+    def fingerprint(self) -> str:
+        """sha256 of kind, architecture, parameter names, parameters and standardization."""
+        return content_fingerprint(self.kind, self._spec_dict(), self.param_names, self._arrays())
 
     def save(self, path):
         """Write the estimator to directory ``path`` (JSON config + msgpack arrays)."""
-        from amortflow.estimators.checkpoint import save_estimator
-
-        save_estimator(self, path)
+        ckpt.write_estimator(path, kind=self.kind, spec=self._spec_dict(), param_names=self.param_names,
+                             model_name=self.model_name, arrays=self._arrays(),
+                             train_config=self.train_config, history=self.history, extra=self.extra)
 
 
 # ------------------------------------------------------------------ simulation and training
-def simulate_bank(key, model: Model, num_simulations: int, *, chunk: int = 4096, progress: bool = True):
-    """Simulate ``(theta [N, d], ys [N, *obs_shape])`` from the prior predictive, in compiled
-    chunks, dropping (and counting) simulations with non-finite output.
-
-    Raises:
-      ValueError: if more than 10% of the simulations are non-finite.
-    """
-    from tqdm.auto import tqdm
-
-    sim = jax.jit(model.sample_prior_predictive, static_argnums=1)
-    thetas, ys = [], []
-    n_chunks = -(-num_simulations // chunk)
-    for i in tqdm(range(n_chunks), desc="simulating", disable=not progress or n_chunks < 2, leave=False):
-        th, y = sim(jax.random.fold_in(key, i), chunk)
-        thetas.append(np.asarray(th))
-        ys.append(np.asarray(y))
-    theta = np.concatenate(thetas)[:num_simulations]
-    y = np.concatenate(ys)[:num_simulations]
-    ok = np.isfinite(y.reshape(len(y), -1)).all(1) & np.isfinite(theta).all(1)
-    if ok.mean() < 0.9:
-        raise ValueError(
-            f"{model.name}: {int((~ok).sum())} of {len(ok)} simulations are NaN/inf; "
-            "check the simulator and the prior"
-        )
-    return theta[ok], y[ok]
-
-
 def fit_posterior(
     key,
     model: Model,
@@ -338,8 +364,6 @@ def fit_posterior(
         theta_bank, y_bank = np.asarray(bank[0], np.float32), np.asarray(bank[1], np.float32)
         model.check_observations(y_bank)
         model.check_theta(theta_bank)
-        if len(theta_bank) != len(y_bank):
-            raise ValueError(f"bank has {len(theta_bank)} parameter rows but {len(y_bank)} datasets")
     elif num_simulations is not None:
         theta_bank, y_bank = simulate_bank(k_bank, model, int(num_simulations), progress=progress)
     else:
@@ -347,12 +371,7 @@ def fit_posterior(
 
     if theta_bank is not None:
         n_val = num_validation or max(256, len(theta_bank) // 10)
-        if n_val >= len(theta_bank):
-            raise ValueError(f"num_validation={n_val} leaves no training simulations out of {len(theta_bank)}")
-        perm = np.asarray(jax.random.permutation(k_val, len(theta_bank)))
-        val_idx, tr_idx = perm[:n_val], perm[n_val:]
-        val = (jnp.asarray(theta_bank[val_idx]), jnp.asarray(y_bank[val_idx]))
-        data = (jnp.asarray(theta_bank[tr_idx]), jnp.asarray(y_bank[tr_idx]))
+        data, val = split_bank(k_val, theta_bank, y_bank, n_val)
         std = fit_standardization(data[0], data[1], model.obs_kind)
         batch_size = cfg.batch_size
 
@@ -403,11 +422,100 @@ def fit_posterior(
 def init_params(spec: NPESpec, key):
     """Initial ``{"summary", "flow"}`` parameters for ``spec``.
 
-    Jitted: Flax's ``init`` run eagerly dispatches (and compiles) every op on its own, which took
-    4.4 s of a 26 s GEV training run; compiled once it is a fraction of a second."""
+    Jitted: Flax's ``init`` run eagerly dispatches (and compiles) every op on its own, a large
+    share of a short training run; compiled once it is a fraction of a second."""
     k1, k2 = jax.random.split(key)
     y0 = jnp.zeros((1,) + spec.obs_shape, jnp.float32)
     p_summary = spec.summary_net.init(k1, y0)
-    c_dim = spec.summary_net.apply(p_summary, y0).shape[-1] + spec.num_conditions
+    c_dim = spec.summary_net.apply(p_summary, y0).shape[-1] + spec.num_extra
     p_flow = spec.flow_net.init(k2, jnp.zeros((1, spec.dim)), jnp.zeros((1, c_dim)), method="log_prob")
     return {"summary": p_summary, "flow": p_flow}
+
+
+# ------------------------------------------------------------------ checkpoints
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _spec_from_json(s: dict, where: str) -> NPESpec:
+    """:class:`NPESpec` from the ``spec`` entry of estimator.json, every field type-checked."""
+
+    def field(key, ok, expected, default=None):
+        if key not in s and default is not None:
+            return default
+        v = ckpt.require(s, key, object, where, name=f"spec.{key}")
+        if not ok(v):
+            raise ckpt.CheckpointError(f"{where}: field 'spec.{key}' should be {expected}, got {v!r}")
+        return v
+
+    dim = field("dim", lambda v: _count(v) and v > 0, "a positive integer")
+    obs_shape = field("obs_shape", lambda v: isinstance(v, list) and all(_count(n) and n > 0 for n in v),
+                      "a list of positive integers")
+    nets = {}
+    for key in ("summary", "flow"):
+        try:
+            nets[key] = spec_from_dict(field(key, lambda v: isinstance(v, dict), "an object"))
+        except ValueError as e:
+            if isinstance(e, ckpt.CheckpointError):
+                raise
+            raise ckpt.CheckpointError(f"{where}: field 'spec.{key}': {e}") from None
+    if not isinstance(nets["flow"], FlowSpec):
+        raise ckpt.CheckpointError(f"{where}: field 'spec.flow' is a {nets['flow'].kind} spec, not a flow")
+    return NPESpec(
+        dim=dim,
+        obs_shape=tuple(obs_shape),
+        obs_kind=field("obs_kind", lambda v: isinstance(v, str), "a string"),
+        summary=nets["summary"],
+        flow=nets["flow"],
+        num_conditions=field("num_conditions", _count, "a non-negative integer", 0),
+        design_dim=field("design_dim", _count, "a non-negative integer", 0),
+    )
+
+
+def _load_npe(cfg: dict, state: dict, path: str) -> PosteriorEstimator:
+    """Loader registered for kind ``"npe"`` (see :func:`amortflow.estimators.checkpoint.load_estimator`)."""
+    cfg_file, arr_file = ckpt.checkpoint_files(path)
+    spec = _spec_from_json(ckpt.require(cfg, "spec", dict, cfg_file), cfg_file)
+    names = ckpt.require(cfg, "param_names", list, cfg_file)
+    if not all(isinstance(n, str) for n in names):
+        raise ckpt.CheckpointError(f"{cfg_file}: field 'param_names' should be a list of strings")
+    if len(names) != spec.dim:
+        raise ckpt.CheckpointError(f"{cfg_file}: {len(names)} parameter names for dimension {spec.dim}")
+    meta = {k: ckpt.require(cfg, k, dict, cfg_file) if k in cfg else {} for k in ("history", "train_config", "extra")}
+
+    template_params = init_params(spec, jax.random.PRNGKey(0))
+    d = spec.dim
+    template = {
+        "params": template_params,
+        "standardization": {"theta_loc": np.zeros(d, np.float32), "theta_scale": np.ones(d, np.float32),
+                            "y_loc": np.zeros(0, np.float32), "y_scale": np.zeros(0, np.float32)},
+    }
+    try:
+        restored = serialization.from_state_dict(template, state)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ckpt.CheckpointError(f"{arr_file}: arrays do not match the architecture ({e})") from None
+    ckpt.check_shapes(restored["params"], template_params, arr_file)
+    st = restored["standardization"]
+    for k in ("theta_loc", "theta_scale"):
+        if np.shape(st[k]) != (d,):
+            raise ckpt.CheckpointError(f"{arr_file}: standardization {k} has shape {np.shape(st[k])}, expected ({d},)")
+    try:
+        np.broadcast_shapes(np.shape(st["y_loc"]), np.shape(st["y_scale"]), spec.obs_shape)
+    except ValueError:
+        raise ckpt.CheckpointError(f"{arr_file}: observation standardization does not fit {spec.obs_shape}") from None
+    for k in ("theta_scale", "y_scale"):
+        if not (np.asarray(st[k]) > 0).all():
+            raise ckpt.CheckpointError(f"{arr_file}: standardization {k} has non-positive entries")
+    return PosteriorEstimator(
+        spec=spec,
+        params=jax.tree_util.tree_map(jnp.asarray, restored["params"]),
+        standardization=Standardization(**{k: jnp.asarray(v) for k, v in st.items()}),
+        param_names=tuple(names),
+        model_name=ckpt.require(cfg, "model_name", str, cfg_file),
+        history=meta["history"],
+        train_config=meta["train_config"],
+        extra={**meta["extra"], "loaded_from": path, "saved_with": cfg.get("amortflow_version")},
+    )
+
+
+ckpt.register_estimator_kind("npe", _load_npe)

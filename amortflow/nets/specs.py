@@ -7,6 +7,7 @@ makes checkpoints self-describing and lets a loaded estimator rebuild its networ
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 
@@ -92,8 +93,56 @@ def spec_to_dict(spec) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()}
 
 
+def _tuplify(v):
+    """Nested lists (as JSON returns them) -> nested tuples, so specs stay hashable."""
+    return tuple(_tuplify(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not a layer width
+
+
+def _check_field(kind: str, name: str, value, default):
+    """``value`` converted to the type of ``default``, or ValueError naming the field."""
+
+    def bad(expected):
+        return ValueError(f"{kind} spec field {name!r} must be {expected}, got {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if not _is_int(value) or value < 0:
+            raise bad("a non-negative integer")
+        return value
+    if isinstance(default, float):
+        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
+            raise bad("a finite number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        items = _tuplify(value)
+        if default and _is_int(default[0]) and not all(_is_int(v) and v > 0 for v in items):
+            raise bad("a list of positive integers")
+        if default and isinstance(default[0], str) and not all(isinstance(v, str) for v in items):
+            raise bad("a list of strings")
+        return items
+    return _tuplify(value)
+
+
 def spec_from_dict(d: dict[str, Any]):
-    """Inverse of :func:`spec_to_dict`; validates the kind and the field names."""
+    """Inverse of :func:`spec_to_dict`. Validates the kind, the field names and each field's
+    type against the dataclass default (missing fields take their defaults).
+
+    Raises:
+      ValueError: naming the offending field.
+    """
     if not isinstance(d, dict) or d.get("kind") not in _SPECS:
         raise ValueError(f"unknown network spec {d!r}; known kinds: {sorted(_SPECS)}")
     cls = _SPECS[d["kind"]]
@@ -101,5 +150,6 @@ def spec_from_dict(d: dict[str, Any]):
     unknown = set(d) - set(fields)
     if unknown:
         raise ValueError(f"{d['kind']} spec has unknown fields {sorted(unknown)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    kwargs = {k: v if fields[k].default is dataclasses.MISSING else _check_field(d["kind"], k, v, fields[k].default)
+              for k, v in d.items()}
     return cls(**kwargs)
