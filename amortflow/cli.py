@@ -225,15 +225,16 @@ def _read_csv(path: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- workflow settings
 def quick_policy(num_draws: int):
-    """Tiny escalation policy for smoke tests: a short ChEES run (32 chains), then the same
-    sampler again from its own final draws (one compiled function serves both stages; the NUTS
-    fallback of the default policy is left out because compiling it dominates a tiny run)."""
+    """Tiny MCMC ladder for smoke tests: a short ChEES run (32 chains), then the same sampler
+    again from its own final draws (one compiled function serves both rungs; the NUTS fallback
+    of the default ladder is left out because compiling it dominates a tiny run). Returned as
+    the :class:`~amortflow.mcmc.EscalationPolicy` that ``WorkflowConfig.mcmc`` holds."""
     from amortflow import mcmc
 
-    chees = mcmc.CheesConfig.cpu_profile(num_superchains=4, chains_per_superchain=8, num_warmup=100,
-                                         num_samples=max(-(-num_draws // 32), 20))
+    chees = mcmc.chees.cpu_profile(num_superchains=4, chains_per_superchain=8, num_warmup=100,
+                                   num_samples=max(-(-num_draws // 32), 20))
     return mcmc.EscalationPolicy(
-        stages=(mcmc.Stage("chees", chees), mcmc.Stage("chees_continued", chees, init_from="previous")),
+        stages=(mcmc.Rung("chees", chees), mcmc.Rung("chees_continued", chees, init_from="previous")),
         num_output_draws=num_draws, bucket_size=16)
 
 

@@ -193,11 +193,16 @@ def prior_sir_init(key, model, ys, num_chains):
 
 
 def reference_config():
-    return mcmc.NutsConfig.auto(num_warmup=1000, num_samples=2500, target_acceptance_rate=0.95)
+    return mcmc.nuts.auto(num_warmup=1000, num_samples=2500, target_acceptance_rate=0.95)
 
 
 def _ref_tag(seed, cfg):
-    s = repr((seed, repr(cfg), _MODEL.name, _NUM_CAND, REF_SUBSET, "v1"))
+    # cached reference runs are tagged with the repr of the NutsConfig from before Sampler
+    # values (it also held the gate, output size and batch size); the draws are unchanged, so the
+    # tag is rebuilt from the config as it was
+    legacy = (repr(cfg.config)[:-1] + ", rhat_threshold=1.01, min_ess=0.0, num_output_draws=None, "
+              f"batch_size={mcmc.Layout().map_batch_size})")
+    s = repr((seed, legacy, _MODEL.name, _NUM_CAND, REF_SUBSET, "v1"))
     return hashlib.sha1(s.encode()).hexdigest()[:10]
 
 
@@ -214,7 +219,7 @@ def reference_block(model, ys_block, start, seed, cfg, cache_dir):
     t0 = time.perf_counter()
     init, _ = prior_sir_init(jax.random.fold_in(jax.random.fold_in(key, 0), start), model, ys_block, cfg.num_chains)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, 1), i))(jnp.arange(start, start + n))
-    res = mcmc.run_sampler_keys(keys, model, jnp.asarray(ys_block), init, cfg, bucket_size=n)
+    res = mcmc.run_sampler_keys(keys, model, jnp.asarray(ys_block), init, cfg, layout=mcmc.Layout(bucket_size=n))
     r = res.draws.shape[1]
     sub_idx = np.stack([np.asarray(jax.random.choice(jax.random.fold_in(jax.random.fold_in(key, 2), start + i), r,
                                                      (min(REF_SUBSET, r),), replace=False)) for i in range(n)])
@@ -391,19 +396,19 @@ def main():
     # ---- baseline B: batched NUTS on all datasets
     b = None
     if not args.skip_baseline_b:
-        bcfg = mcmc.NutsConfig.auto()
-        log(f"baseline B: batched NUTS ({bcfg.num_chains} x {bcfg.num_warmup} + {bcfg.num_samples}) on all {n} datasets")
+        bcfg = mcmc.nuts.auto()
+        log(f"baseline B: batched NUTS ({bcfg.num_chains} x {bcfg.config.num_warmup} + {bcfg.config.num_samples}) on all {n} datasets")
         t0 = time.perf_counter()
         init_b, info_b = prior_sir_init(jax.random.PRNGKey(seed + 3), model, ys, bcfg.num_chains)
         init_b = jax.block_until_ready(init_b)
         t_init = time.perf_counter() - t0
-        res_b = mcmc.run_nuts(jax.random.PRNGKey(seed + 6), model, ys, init_b, bcfg,
-                              bucket_size=min(n, 100), progress=True)
+        res_b = mcmc.run_sampler(jax.random.PRNGKey(seed + 6), model, ys, init_b, bcfg,
+                                 layout=mcmc.Layout(bucket_size=min(n, 100)), progress=True)
         t_b = time.perf_counter() - t0
         b = {"num_datasets": n, "wall_s": t_b, "init_s": t_init, "compile_s": float(res_b.compile_time_s.sum()),
              "run_s": float(res_b.wall_time_s.sum()), "label": "measured on all datasets",
              "init": "initialize_positions on 256 prior draws per dataset, log weights = log-likelihood (no network)",
-             "config": repr(bcfg), "converged_fraction": float(res_b.converged.mean()),
+             "config": repr(bcfg.config), "converged_fraction": float(res_b.converged.mean()),
              "max_rhat": quantiles(res_b.nested_rhat.max(1)), "min_ess_bulk": quantiles(res_b.ess_bulk.min(1)),
              "divergences": quantiles(res_b.divergences), "grad_evals_per_dataset": quantiles(res_b.num_grad_evals),
              "init_fallback_datasets": int(np.sum(np.asarray(info_b.num_fallback) > 0))}
@@ -451,8 +456,8 @@ def main():
     if not args.skip_accuracy:
         rcfg = reference_config()
         blocks = list(range(0, n, REF_BLOCK))
-        log(f"reference NUTS ({rcfg.num_chains} x ({rcfg.num_warmup} + {rcfg.num_samples}), target accept "
-            f"{rcfg.target_acceptance_rate}) for {n} datasets in blocks of {REF_BLOCK} (cached in {args.cache_dir})")
+        log(f"reference NUTS ({rcfg.num_chains} x ({rcfg.config.num_warmup} + {rcfg.config.num_samples}), target accept "
+            f"{rcfg.config.target_acceptance_rate}) for {n} datasets in blocks of {REF_BLOCK} (cached in {args.cache_dir})")
         from tqdm.auto import tqdm
 
         refs, t_ref, n_cached = [], 0.0, 0
@@ -471,7 +476,7 @@ def main():
         floor = {k[6:]: ref[k] for k in ref if k.startswith("floor_")}
         ref_ess = ref["ess_bulk"]
         result["reference"] = {
-            "config": repr(rcfg), "init": "prior SIR (256 draws) through initialize_positions",
+            "config": repr(rcfg.config), "init": "prior SIR (256 draws) through initialize_positions",
             "num_blocks": len(blocks), "blocks_from_cache": n_cached,
             "wall_s_computed_this_run": t_ref, "num_converged": int(ref_ok.sum()),
             "num_not_converged": int((~ref_ok).sum()),

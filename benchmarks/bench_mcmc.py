@@ -16,6 +16,7 @@ passed through ``initialize_positions`` exactly as amortized draws + PSIS weight
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -28,7 +29,7 @@ import numpy as np
 
 import amortflow as af
 from amortflow import mcmc
-from amortflow.mcmc.samplers import SAMPLERS
+from amortflow.models import Observation
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "mcmc.json")
 
@@ -70,28 +71,29 @@ def stats(res: mcmc.MCMCResult, total_s: float, num: int):
     }
 
 
-def run_batched(name, cfg, model, ys, cand, logw, key):
-    init, info = mcmc.initialize_positions(key, model, ys, cand, logw, cfg.num_superchains)
+def run_batched(name, rung, model, ys, cand, logw, key):
+    sampler = rung.sampler
+    init, info = mcmc.initialize_positions(key, model, ys, cand, logw, sampler.num_superchains)
     t0 = time.perf_counter()
-    res = mcmc.run_sampler(key, model, ys, init, cfg)
+    res = mcmc.run_sampler(key, model, ys, init, sampler, layout=rung.layout)
     total = time.perf_counter() - t0
     out = stats(res, total, ys.shape[0])
     out["init_fallback_datasets"] = int(np.sum(np.asarray(info.num_fallback) > 0))
-    out["config"] = {k: v for k, v in cfg.__dict__.items()}
+    out["config"] = {**dataclasses.asdict(sampler.config), **dataclasses.asdict(rung.layout)}
     print(f"{name}: {out['datasets_per_s']:.3f} datasets/s (compile {out['compile_s']:.1f} s, "
           f"run {out['run_s']:.1f} s), converged {out['converged_fraction']:.2f}, "
           f"median max nested R-hat {out['max_nested_rhat']['median']:.4f}", flush=True)
     return out, init
 
 
-def run_rebuild_loop(name, cfg, model, ys, init, key, num):
+def run_rebuild_loop(name, rung, model, ys, init, key, num):
     """(a): one jitted function built per dataset with the observation closed over."""
-    one = SAMPLERS[name]
+    one = rung.sampler.per_dataset(model)
     times = []
     for i in range(num):
         t0 = time.perf_counter()
-        y = ys[i]
-        fn = jax.jit(lambda k, x0: one(k, y, x0, model=model, config=cfg))
+        obs = Observation(ys[i], jnp.float32(1.0))
+        fn = jax.jit(lambda k, x0: one(k, obs, x0))
         out = jax.block_until_ready(fn(jax.random.fold_in(key, i), init[i]))
         times.append(time.perf_counter() - t0)
     per = float(np.mean(times))
@@ -155,13 +157,13 @@ def main():
 
     key = jax.random.PRNGKey(2024)
     model, ys, cand, logw = make_data(key, args.num_datasets)
-    # the configurations the workflow's default escalation ladder uses on this backend; on CPU
-    # the ladder has no ChEES stage, so ChEES runs with the same 4 x 16 layout as MEADS
-    cfgs = {"chees": (mcmc.CheesConfig.auto() if jax.default_backend() != "cpu" else
-                      mcmc.CheesConfig.cpu_profile(num_superchains=4, chains_per_superchain=16,
-                                                   num_warmup=200, num_samples=50))}
-    cfgs.update({type(st.config).__name__.replace("Config", "").lower(): st.config
-                 for st in mcmc.default_policy().stages})
+    # the samplers (and layouts) of the workflow's default ladder on this backend; on CPU the
+    # ladder has no ChEES rung, so ChEES runs with the same 4 x 16 layout as MEADS
+    cfgs = {"chees": mcmc.Rung("chees", mcmc.chees.auto() if jax.default_backend() != "cpu" else
+                               mcmc.chees.cpu_profile(num_superchains=4, chains_per_superchain=16,
+                                                      num_warmup=200, num_samples=50))}
+    for rung in mcmc.default_ladder().rungs:
+        cfgs.setdefault(rung.sampler.name, rung)
     result = {
         "backend": jax.default_backend(), "devices": len(jax.devices()),
         "model": "gev", "num_datasets": args.num_datasets,

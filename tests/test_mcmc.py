@@ -1,6 +1,6 @@
 """Many-chain MCMC across datasets on the conjugate Gaussian model (analytic posterior).
 
-All tests share K = 8 datasets and a handful of configs so each sampler compiles once.
+All tests share K = 8 datasets and a handful of samplers so each sampler compiles once.
 """
 import dataclasses
 
@@ -11,17 +11,19 @@ import pytest
 
 import amortflow as af
 from amortflow import mcmc
-from amortflow.models import make_model
+from amortflow._compile import CompileCache
+from amortflow.mcmc import ConvergenceGate, Ladder, Layout, Rung
+from amortflow.models import Observation, make_model
 
 K = 8
-CHEES = mcmc.CheesConfig.cpu_profile(num_superchains=4, chains_per_superchain=16, num_warmup=150,
-                                     num_samples=50)
+CHEES = mcmc.chees.cpu_profile(num_superchains=4, chains_per_superchain=16, num_warmup=150,
+                               num_samples=50)
 # far too little warmup to travel from far-off starting points (tiny step, 1 leapfrog step)
-CHEES_BAD = dataclasses.replace(CHEES, num_warmup=2, num_samples=10, initial_step_size=1e-4,
-                                max_leapfrog_steps=1)
-MEADS = mcmc.MeadsConfig.cpu_profile(num_superchains=4, chains_per_superchain=16, num_warmup=300,
-                                     num_samples=50, thin=4)
-NUTS = mcmc.NutsConfig.cpu_profile(num_warmup=300, num_samples=300)
+CHEES_BAD = CHEES.with_config(num_warmup=2, num_samples=10, initial_step_size=1e-4,
+                              max_leapfrog_steps=1)
+MEADS = mcmc.meads.cpu_profile(num_superchains=4, chains_per_superchain=16, num_warmup=300,
+                               num_samples=50, thin=4)
+NUTS = mcmc.nuts.cpu_profile(num_warmup=300, num_samples=300)
 IMPOSSIBLE = 1e6  # any observation above this has zero likelihood
 
 
@@ -56,6 +58,11 @@ def setup():
     return model, np.asarray(ys), mean, sd, cand
 
 
+LADDER = Ladder((Rung("chees_short", CHEES_BAD),
+                 Rung("chees_long", CHEES, init_from="previous"),
+                 Rung("nuts", NUTS, init_from="previous")), bucket_size=8)
+
+
 def check_posterior(res, mean, sd, min_ess=200):
     """Means within 5 Monte-Carlo standard errors, sds within 10%, for every dataset."""
     assert res.draws.shape[0] == K and np.all(np.isfinite(res.draws))
@@ -73,15 +80,16 @@ def check_posterior(res, mean, sd, min_ess=200):
 @pytest.mark.parametrize("name", ["chees", "meads", "nuts"])
 def test_sampler_matches_analytic_posterior(setup, name):
     model, ys, mean, sd, cand = setup
-    cfg = {"chees": CHEES, "meads": MEADS, "nuts": NUTS}[name]
-    run = {"chees": mcmc.run_chees, "meads": mcmc.run_meads, "nuts": mcmc.run_nuts}[name]
+    sampler = {"chees": CHEES, "meads": MEADS, "nuts": NUTS}[name]
+    cfg = sampler.config
     init, info = mcmc.initialize_positions(jax.random.PRNGKey(2), model, ys, cand, None,
-                                           cfg.num_superchains)
+                                           sampler.num_superchains)
     assert np.all(np.asarray(info.ok)) and np.all(np.asarray(info.num_fallback) == 0)
-    res = run(jax.random.PRNGKey(3), model, ys, init, cfg)
-    assert res.sampler == name
+    res = mcmc.run_sampler(jax.random.PRNGKey(3), model, ys, init, sampler)
+    assert res.sampler == name and sampler.route == ("nuts" if name == "nuts" else "mcmc")
     check_posterior(res, mean, sd)
-    assert res.draws.shape[1] == cfg.num_chains * cfg.num_samples
+    assert res.draws.shape[1] == cfg.num_chains * cfg.num_samples == sampler.num_draws
+    assert res.stats.draws is res.draws  # one record, fields readable on the result
     if name == "nuts":
         assert np.all(res.max_tree_depth >= 1) and np.all(res.mean_num_steps >= 1)
     if name == "meads":  # one gradient per GHMC transition: exact count
@@ -93,9 +101,11 @@ def test_sampler_matches_analytic_posterior(setup, name):
 def test_same_key_same_result_and_compiled_once(setup):
     model, ys, mean, sd, cand = setup
     init, _ = mcmc.initialize_positions(jax.random.PRNGKey(2), model, ys, cand, None, 4)
-    a = mcmc.run_chees(jax.random.PRNGKey(5), model, ys, init, CHEES)
-    b = mcmc.run_chees(jax.random.PRNGKey(5), model, ys, init, CHEES)
-    c = mcmc.run_chees(jax.random.PRNGKey(6), model, ys + 0.01, init, CHEES)  # new data, no recompile
+    a = mcmc.run_sampler(jax.random.PRNGKey(5), model, ys, init, CHEES)
+    b = mcmc.run_sampler(jax.random.PRNGKey(5), model, ys, init, CHEES)
+    # new data (and an Observation instead of an array): no recompile
+    c = mcmc.run_sampler(jax.random.PRNGKey(6), model, Observation(ys + 0.01, np.ones(K, np.float32)),
+                         init, CHEES)
     np.testing.assert_array_equal(a.draws, b.draws)
     np.testing.assert_array_equal(a.nested_rhat, b.nested_rhat)
     assert not np.array_equal(a.draws, c.draws)
@@ -146,7 +156,7 @@ def test_fallback_initialisation_rescues_all_minus_inf(setup):
     assert nf[0] == 4 and np.all(nf[1:] == 0)
     assert np.all(np.asarray(info.ok)) and np.all(np.isfinite(np.asarray(info.log_density)))
     assert len(np.unique(np.asarray(init)[0], axis=0)) == 4
-    res = mcmc.run_chees(jax.random.PRNGKey(3), model, ys, init, CHEES)
+    res = mcmc.run_sampler(jax.random.PRNGKey(3), model, ys, init, CHEES)
     check_posterior(res, mean, sd)
     # impossible data: no finite point anywhere -> flagged, not silent
     ys2 = ys.copy()
@@ -163,45 +173,48 @@ def test_bad_initialisation_detected_and_escalated(setup):
     ys2 = ys.copy()
     ys2[1, 0, 0] = 10 * IMPOSSIBLE  # dataset 1 cannot be started anywhere
     far[0] = 10.0  # dataset 0: all candidates at -inf -> prior fallback
-    bad = mcmc.run_chees(jax.random.PRNGKey(0), model, ys,
-                         mcmc.initialize_positions(jax.random.PRNGKey(0), model, ys, far, None,
-                                                   4)[0], CHEES_BAD)
+    bad = mcmc.run_sampler(jax.random.PRNGKey(0), model, ys,
+                           mcmc.initialize_positions(jax.random.PRNGKey(0), model, ys, far, None,
+                                                     4)[0], CHEES_BAD)
     assert np.all(bad.nested_rhat.max(1)[1:] > 1.05) and not bad.converged[1:].any()
-    policy = mcmc.EscalationPolicy(
-        stages=(mcmc.Stage("chees_short", CHEES_BAD),
-                mcmc.Stage("chees_long", CHEES, init_from="previous"),
-                mcmc.Stage("nuts", NUTS, init_from="previous")),
-        num_output_draws=400, bucket_size=8)
-    r1 = mcmc.run_escalation(jax.random.PRNGKey(7), model, ys2, far, None, policy, progress=False)
+    r1 = mcmc.run_ladder(jax.random.PRNGKey(7), model, ys2, far, None, LADDER,
+                         num_output_draws=400, progress=False)
     ok = np.arange(K) != 1
     assert r1.draws.shape == (K, 400, 2)
     assert list(r1.route[ok]) == ["mcmc"] * (K - 1), (r1.route, r1.reason)
-    assert np.all(r1.stage_name[2:] == "chees_long") and np.all(r1.num_stages_run[2:] == 2)
+    assert np.all(r1.rung[2:] == "chees_long") and np.all(r1.num_rungs_run[2:] == 2)
     assert r1.num_init_fallback[0] == 4
     assert r1.route[1] == "failed" and "no finite-density starting point" in r1.reason[1]
-    assert r1.stage_index[1] == -1 and np.all(np.isnan(r1.draws[1]))
-    assert np.all(r1.reason[ok] == "")
+    assert r1.rung_index[1] == -1 and r1.rung[1] == "" and np.all(np.isnan(r1.draws[1]))
+    assert np.all(r1.reason[ok] == "") and np.all(r1.converged == ok)
     # 400 draws subsampled from the chains: error variance sd^2 (1/400 + 1/ESS)
     se = sd[ok] * np.sqrt(1 / 400 + 1 / r1.ess_bulk[ok])
     z = np.abs(r1.draws[ok].mean(1) - mean[ok]) / se
     assert z.max() < 5.0
-    # cost of both stages is accounted
-    first = r1.stages[0].result
-    assert np.all(r1.num_grad_evals[2:] > first.num_grad_evals[np.isin(r1.stages[0].indices[
-        np.asarray(r1.stages[0].init_info.ok)], np.arange(2, K))])
+    # cost of both rungs is accounted
+    first = r1.reports[0].result
+    assert np.all(r1.num_grad_evals[2:] > first.num_grad_evals[np.isin(r1.reports[0].indices[
+        np.asarray(r1.reports[0].init_info.ok)], np.arange(2, K))])
     s = r1.summary()
     assert s["routes"] == {"failed": 1, "mcmc": K - 1}
+    # accepted counts per rung exclude the failed dataset (it was never accepted anywhere)
+    assert sum(r1.rung_accepted.values()) == K - 1
+    assert r1.rung_accepted["chees_long"] == int(np.sum(r1.rung == "chees_long"))
+    assert set(r1.rung_time_s) == {r.name for r in r1.reports}
 
 
 def test_failure_reported_with_diagnostics(setup):
     model, ys, mean, sd, cand = setup
     far = (np.where(np.arange(256)[None, :, None] % 2 == 0, 5.0, -5.0) + 0.01 * cand).astype(np.float32)
-    policy = mcmc.EscalationPolicy(stages=(mcmc.Stage("chees_short", CHEES_BAD),),
+    # the legacy wrapper (WorkflowConfig.mcmc, the CLI): EscalationPolicy + run_escalation
+    policy = mcmc.EscalationPolicy(stages=(mcmc.Stage("chees_short", CHEES_BAD.config),),
                                    num_output_draws=400, bucket_size=8)
     r = mcmc.run_escalation(jax.random.PRNGKey(1), model, ys, far, None, policy, progress=False)
     assert np.all(r.route == "failed") and not r.converged.any()
     assert all("nested R-hat" in x and "divergences" in x and "step size" in x for x in r.reason)
-    assert np.all(r.stage_name == "chees_short") and np.all(np.isfinite(r.nested_rhat))
+    assert all(x.startswith("not converged after ChEES short: max nested R-hat ") for x in r.reason), r.reason[0]
+    assert np.all(r.rung == "chees_short") and np.all(np.isfinite(r.nested_rhat))
+    assert r.rung_accepted == {"chees_short": 0}
 
 
 def test_meads_chain_order_restored():
@@ -251,17 +264,131 @@ def test_padding_rows_are_skipped():
         assert len(calls) == 2
 
 
-def test_cpu_default_policy_ladder():
+def test_cpu_default_ladder():
     """CPU ladder: MEADS -> NUTS from the candidates -> the same NUTS from its own draws. The
-    retry must use an identical config: then it reuses NUTS's compiled function and costs
-    nothing where NUTS converged."""
+    retry must use an identical sampler and layout: then it reuses NUTS's compiled function and
+    costs nothing where NUTS converged."""
     from amortflow.mcmc.escalation import default_policy
 
-    pol = default_policy(2000)
+    lad = mcmc.default_ladder()
     if jax.default_backend() != "cpu":
         pytest.skip("the CPU ladder")
-    names = [st.name for st in pol.stages]
+    names = [r.name for r in lad.rungs]
     assert names == ["meads", "nuts", "nuts_retry"]
-    assert pol.stages[2].config == pol.stages[1].config and pol.stages[2].init_from == "previous"
-    assert pol.stages[1].init_from == "candidates"
-    assert all(st.config.num_chains * st.config.num_samples >= 2000 for st in pol.stages)
+    assert [r.display_name for r in lad.rungs] == ["MEADS", "NUTS", "NUTS retry"]
+    assert lad.rungs[2].sampler == lad.rungs[1].sampler and lad.rungs[2].init_from == "previous"
+    assert lad.rungs[2].layout == lad.rungs[1].layout and lad.rungs[1].init_from == "candidates"
+    assert all(r.sampler.num_draws >= 2000 for r in lad.rungs)
+    lad.check_num_draws(2000)
+    # the legacy policy wraps the same ladder and keeps num_output_draws
+    pol = default_policy(2000)
+    assert pol.ladder == lad and pol.num_output_draws == 2000 and mcmc.as_ladder(pol) == lad
+    assert dataclasses.replace(pol, num_output_draws=300).ladder == lad
+    with pytest.raises(ValueError, match="num_output_draws"):
+        default_policy(10**6)
+    with pytest.raises(ValueError, match="unique"):
+        Ladder((Rung("a", NUTS), Rung("a", NUTS)))
+    with pytest.raises(TypeError):
+        Rung("a", NUTS.config)  # a Rung takes a Sampler value; mcmc.Stage converts configs
+    assert mcmc.Stage("a", NUTS.config) == Rung("a", NUTS)
+
+
+def test_tempered_target_gives_power_posterior():
+    """beta reaches the initialisation and the sampler: with Observation(beta=0.5) the posterior
+    of the conjugate model is Gaussian with precision 1/prior_sd^2 + beta * n / noise_sd^2."""
+    model = af.models.gaussian_mean(dim=2, num_obs=10)
+    info = model.info
+    _, ys = model.sample_prior_predictive(jax.random.PRNGKey(10), K)
+    ys = np.asarray(ys)
+    beta = 0.5
+    prec = 1.0 / info["prior_sd"] ** 2 + beta * 10 / info["noise_sd"] ** 2
+    mean = (info["prior_mean"] / info["prior_sd"] ** 2 + beta * ys.sum(1) / info["noise_sd"] ** 2) / prec
+    sd = np.broadcast_to(1.0 / np.sqrt(prec), mean.shape)
+    np.testing.assert_allclose(mean, af.models.gaussian_mean_posterior(model, ys, beta)[0], rtol=1e-5)
+    sd_beta1 = np.asarray(af.models.gaussian_mean_posterior(model, ys)[1])
+    assert np.all(sd > 1.3 * sd_beta1)  # the check below tells the two posteriors apart
+    obs = Observation(ys, np.full(K, beta, np.float32))
+    z = jax.random.normal(jax.random.PRNGKey(11), (K, 256, 2))
+    cand = mean[:, None] + 0.3 * sd[:, None] + 1.5 * sd[:, None] * np.asarray(z)
+    init, ii = mcmc.initialize_positions(jax.random.PRNGKey(2), model, obs, cand, None, 4)
+    assert np.all(np.asarray(ii.ok))
+    # the initialisation evaluates the tempered density
+    lp = jax.vmap(lambda t, y: model.log_density(t, y, beta))(np.asarray(init)[:, 0], ys)
+    np.testing.assert_allclose(np.asarray(ii.log_density)[:, 0], lp, rtol=1e-5)
+    res = mcmc.run_sampler(jax.random.PRNGKey(3), model, obs, init, CHEES)
+    check_posterior(res, mean, sd)
+
+
+def test_dataset_ids_make_results_independent_of_the_call(setup):
+    """With stable dataset ids a dataset's starting points and draws depend on its id only, not
+    on its position or the other datasets in the call."""
+    model, ys, mean, sd, cand = setup
+    ids = np.arange(100, 100 + K)
+    lad = Ladder((Rung("chees_long", CHEES),), bucket_size=8)
+    full = mcmc.run_ladder(jax.random.PRNGKey(4), model, ys, cand, None, lad,
+                           num_output_draws=400, dataset_ids=ids, progress=False)
+    sub = np.array([7, 2, 5])
+    part = mcmc.run_ladder(jax.random.PRNGKey(4), model, ys[sub], cand[sub], None, lad,
+                           num_output_draws=400, dataset_ids=ids[sub], progress=False)
+    np.testing.assert_array_equal(part.draws, full.draws[sub])
+    np.testing.assert_array_equal(part.nested_rhat, full.nested_rhat[sub])
+    assert np.all(full.route == "mcmc")
+    # by position (dataset_ids=None) the same subset gets other keys
+    pos = mcmc.run_ladder(jax.random.PRNGKey(4), model, ys[sub], cand[sub], None, lad,
+                          num_output_draws=400, progress=False)
+    assert not np.array_equal(pos.draws, full.draws[sub])
+    with pytest.raises(ValueError, match="distinct"):
+        mcmc.run_ladder(jax.random.PRNGKey(4), model, ys[:2], cand[:2], None, lad,
+                        num_output_draws=400, dataset_ids=[3, 3], progress=False)
+
+
+def test_compile_cache_is_bounded_and_reused(setup):
+    model, ys, mean, sd, cand = setup
+    cache = CompileCache(maxsize=2)
+    init, _ = mcmc.initialize_positions(jax.random.PRNGKey(2), model, ys[:2], cand[:2], None, 4,
+                                        cache=cache)
+    assert len(cache) == 1 and cache.misses == 1
+    a = mcmc.run_sampler(jax.random.PRNGKey(5), model, ys[:2], init, CHEES_BAD, cache=cache)
+    # runner + compiled executable; the initialiser was evicted (least recently used)
+    assert len(cache) == 2 and cache.misses == 3 and a.compile_time_s.sum() > 0
+    b = mcmc.run_sampler(jax.random.PRNGKey(5), model, ys[:2], init, CHEES_BAD, cache=cache)
+    assert cache.misses == 3 and b.compile_time_s.sum() == 0.0 and len(cache) == 2
+    np.testing.assert_array_equal(a.draws, b.draws)
+
+
+def test_convergence_gate_on_hand_made_result():
+    st = mcmc.empty_stats(5, 10, 2)
+    st.draws[:] = 0.0
+    st.all_finite[:] = True
+    st.nested_rhat[:] = 1.001
+    st.ess_bulk[:] = 500.0
+    st.nested_rhat[1, 1] = 1.02  # R-hat too high
+    st.all_finite[2] = False  # a non-finite draw somewhere
+    st.ess_bulk[3, 0] = 50.0  # too few effective draws (only with min_ess)
+    st.nested_rhat[4, 0] = np.nan  # undefined
+    np.testing.assert_array_equal(ConvergenceGate()(st), [True, False, False, True, False])
+    np.testing.assert_array_equal(ConvergenceGate(min_ess=100)(st), [True, False, False, False, False])
+    np.testing.assert_array_equal(ConvergenceGate(rhat_threshold=1.05)(st), [True, True, False, True, False])
+    names = ("mu", "sigma")
+    gate = ConvergenceGate(min_ess=100)
+    assert gate.explain(st, 1, names) == "max nested R-hat 1.020 >= 1.01 (sigma)"
+    assert gate.explain(st, 2, names) == "non-finite draws; max nested R-hat 1.001"
+    assert gate.explain(st, 3, names) == "min bulk ESS 50 < 100 (mu); max nested R-hat 1.001"
+    assert gate.explain(st, 4, names) == "nested R-hat not finite (mu)"
+    # gather / scatter rows of the record
+    sub = mcmc.take_rows(st, np.array([3, 1]))
+    assert sub.nested_rhat.shape == (2, 2) and sub.ess_bulk[0, 0] == 50.0
+    dst = mcmc.empty_stats(5, 10, 2)
+    mcmc.put_rows(dst, np.array([0, 4]), sub)
+    assert dst.ess_bulk[0, 0] == 50.0 and dst.nested_rhat[4, 1] == np.float32(1.02)
+    assert np.isnan(dst.nested_rhat[1]).all()
+
+
+def test_shard_over_datasets_replicates_leading_args():
+    w = jnp.arange(6.0).reshape(3, 2)
+    x = jnp.arange(12.0).reshape(4, 3)
+    f = mcmc.shard_over_datasets(lambda w, x: x @ w, num_replicated=1,
+                                 devices=jax.devices()[:1] if 4 % len(jax.devices()) else None)
+    np.testing.assert_allclose(np.asarray(f(w, x)), np.asarray(x @ w))
+    assert Layout().map_batch_size == (None if jax.default_backend() != "cpu" else 1)
+    assert Layout(batch_size=4).map_batch_size == 4

@@ -1,10 +1,11 @@
 """Run a per-dataset function over a dataset axis, sharded over all devices.
 
-Strategy (measured, see DESIGN): on CPU ``lax.map`` with a small batch size beats ``vmap``
-for data-dependent loops (NUTS, ChEES: vmap runs every lane to the longest), and two host
-devices (``--xla_force_host_platform_device_count=2``) double throughput; on GPU/TPU ``vmap``.
-The dataset axis is split over ``jax.devices()`` with ``jax.shard_map``; each device maps over
-its own block.
+Strategy: on CPU ``lax.map`` with a small batch size beats ``vmap`` for data-dependent loops
+(NUTS, ChEES: ``vmap`` runs every lane to the longest), and two host devices
+(``--xla_force_host_platform_device_count=2``) doubled throughput; on GPU/TPU ``vmap``
+(measurements: the "Many-chain MCMC" section of ``benchmarks/README.md``). The dataset axis is
+split over ``jax.devices()`` by :func:`shard_over_datasets`; each device maps over its own block.
+How datasets are grouped into calls and map steps is a :class:`Layout` value.
 
 Padding rows (to a multiple of the device count, or to a bucket size) carry ``active=False``;
 under ``lax.map`` with batch size 1 the per-dataset function is skipped for them via
@@ -12,14 +13,37 @@ under ``lax.map`` with batch size 1 the per-dataset function is skipped for them
 """
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Any, Callable, Hashable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from amortflow._backend import on_accelerator
+from amortflow._compile import DEFAULT_CACHE, CompileCache
+from amortflow.models.observation import Observation, observe, to_device
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How datasets are grouped for compiled calls.
+
+    batch_size: datasets per ``lax.map`` step on each device; ``None`` = backend default (1 on
+      CPU, full ``vmap`` on accelerators).
+    bucket_size: datasets per compiled call (padded; rounded up to the device count); ``None`` =
+      all datasets of the run in one call (a ladder uses its own ``bucket_size`` then).
+    """
+
+    batch_size: int | None = None
+    bucket_size: int | None = None
+
+    @property
+    def map_batch_size(self) -> int | None:
+        """The ``lax.map`` batch size to use on this backend (``None``: ``vmap``)."""
+        return default_batch_size(self.batch_size)
 
 
 def default_batch_size(batch_size: int | None) -> int | None:
@@ -59,7 +83,7 @@ def _local_map(fn: Callable, batch_size: int | None) -> Callable:
     if batch_size is None:
         return jax.vmap(_masked(fn))
     # jitted so that skip's eval_shape and run share one trace of the sampler (tracing BlackJAX
-    # NUTS is ~2.4 s; it used to happen twice per compilation)
+    # NUTS takes seconds; it used to happen twice per compilation)
     vfn = jax.jit(jax.vmap(fn))
 
     def run_batch(active, *args):
@@ -87,6 +111,27 @@ def _local_map(fn: Callable, batch_size: int | None) -> Callable:
     return mapped
 
 
+def shard_over_datasets(local_fn: Callable, num_replicated: int = 0, devices=None) -> Callable:
+    """``jax.jit`` of ``local_fn`` with its dataset axis split over ``devices``.
+
+    The first ``num_replicated`` positional arguments are replicated (``P()``: parameters,
+    standardisation), the others and every output are split on their leading axis over a 1-d
+    ``"data"`` mesh (``P("data")``); that axis must be a multiple of ``len(devices)``.
+    ``devices`` defaults to ``jax.devices()``; with one device this is plain ``jax.jit``.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    if len(devices) == 1:
+        return jax.jit(local_fn)
+    mesh = Mesh(np.asarray(devices), ("data",))
+
+    def sharded(*args):
+        specs = (P(),) * num_replicated + (P("data"),) * (len(args) - num_replicated)
+        return jax.shard_map(local_fn, mesh=mesh, in_specs=specs, out_specs=P("data"),
+                             check_vma=False)(*args)
+
+    return jax.jit(sharded)
+
+
 def build_dataset_map(fn: Callable, *, batch_size: int | None = None, devices=None) -> Callable:
     """Jitted ``g(active [K], *args [K, ...]) -> outputs [K, ...]`` of a per-dataset ``fn``.
 
@@ -94,26 +139,37 @@ def build_dataset_map(fn: Callable, *, batch_size: int | None = None, devices=No
     (``jax.devices()`` by default) and each device runs ``lax.map(batch_size)`` (or ``vmap`` if
     ``batch_size is None``) over its block. Compiled once per argument shape.
     """
-    devices = list(devices if devices is not None else jax.devices())
-    local = _local_map(fn, batch_size)
-    if len(devices) == 1:
-        return jax.jit(local)
-    mesh = Mesh(np.asarray(devices), ("data",))
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=P("data"), out_specs=P("data"),
-                            check_vma=False)
-    return jax.jit(sharded)
+    return shard_over_datasets(_local_map(fn, batch_size), 0, devices)
 
 
-_RUNNERS: dict[Hashable, Callable] = {}
+def dataset_map_key(cache_key: Hashable, batch_size: int | None) -> tuple:
+    """The :class:`CompileCache` key of :func:`cached_dataset_map` (device set included)."""
+    return ("dataset_map", cache_key, batch_size, tuple(jax.devices()))
 
 
 def cached_dataset_map(cache_key: Hashable, make_fn: Callable[[], Callable], *,
-                       batch_size: int | None = None) -> Callable:
-    """:func:`build_dataset_map` memoised on ``cache_key`` (e.g. ``(kind, model, config)``)."""
-    key = (cache_key, batch_size, tuple(jax.devices()))
-    if key not in _RUNNERS:
-        _RUNNERS[key] = build_dataset_map(make_fn(), batch_size=batch_size)
-    return _RUNNERS[key]
+                       batch_size: int | None = None, cache: CompileCache | None = None) -> Callable:
+    """:func:`build_dataset_map` of ``make_fn()``, held in ``cache`` (default
+    :data:`amortflow._compile.DEFAULT_CACHE`) under ``cache_key`` (e.g. ``(sampler, model)``)."""
+    cache = DEFAULT_CACHE if cache is None else cache
+    runner, _ = cache.get(dataset_map_key(cache_key, batch_size),
+                          lambda: build_dataset_map(make_fn(), batch_size=batch_size))
+    return runner
+
+
+def compile_for(key: Hashable, fn: Callable, args: tuple, cache: CompileCache | None = None):
+    """Ahead-of-time compile jitted ``fn`` for the shapes of ``args`` once, held in ``cache``
+    under ``key`` + shapes. Returns ``(compiled, compile_seconds)`` (0 when cached)."""
+    cache = DEFAULT_CACHE if cache is None else cache
+    leaves, treedef = jax.tree.flatten(args)
+    shapes = (treedef, tuple((a.shape, str(a.dtype)) for a in leaves))
+
+    def build():
+        t0 = time.perf_counter()
+        return fn.lower(*args).compile(), time.perf_counter() - t0
+
+    (compiled, seconds), cached = cache.get(("compiled", key, shapes), build)
+    return compiled, 0.0 if cached else seconds
 
 
 def pad_and_interleave(num: int, size: int, n_dev: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,6 +185,23 @@ def pad_and_interleave(num: int, size: int, n_dev: int) -> tuple[np.ndarray, np.
     active = order < num
     rows = np.where(active, order, 0)
     return rows, active
+
+
+def bucket_size_for(n: int, max_bucket: int, n_dev: int | None = None) -> int:
+    """Padded bucket size for ``n`` pending datasets.
+
+    CPU: always ``max_bucket`` (rounded to the device count) -- padded rows are skipped by
+    ``lax.cond`` inside ``lax.map``, so padding is free and every call of a rung reuses ONE
+    compiled function. Accelerators (``vmap``: padded lanes cost compute): the next power of two
+    (times the device count) up to ``max_bucket``, so few distinct shapes occur."""
+    n_dev = n_dev or num_devices()
+    cap = -(-max_bucket // n_dev) * n_dev
+    if not on_accelerator():
+        return cap
+    size = n_dev
+    while size < n and size < cap:
+        size *= 2
+    return min(size, cap)
 
 
 def map_over_datasets(fn: Callable, *args: Any, batch_size: int | None = None,
@@ -149,3 +222,31 @@ def map_over_datasets(fn: Callable, *args: Any, batch_size: int | None = None,
     out = runner(jnp.asarray(active), *padded)
     inverse = np.argsort(np.where(active, rows, size + np.arange(size)), kind="stable")[:k]
     return jax.tree.map(lambda o: o[inverse], out)
+
+
+def as_batch(obs) -> Observation:
+    """A batched :class:`~amortflow.models.observation.Observation` on device from ``ys [K, ...]``
+    or an Observation (every leaf must have the same leading ``K``)."""
+    obs = to_device(observe(obs))
+    k = obs.num_datasets
+    bad = [a.shape for a in jax.tree.leaves(obs) if a.ndim == 0 or a.shape[0] != k]
+    if bad:
+        raise ValueError(f"observation leaves must share the leading dataset axis K={k}, got {bad}")
+    return obs
+
+
+def dataset_ids_or_none(dataset_ids, k: int) -> np.ndarray | None:
+    """``dataset_ids`` as an integer array ``[K]`` (checked: distinct, ``0 <= id < 2**31``)."""
+    if dataset_ids is None:
+        return None
+    ids = np.asarray(dataset_ids)
+    if ids.shape != (k,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"dataset_ids must be {k} integers, got {ids.dtype} {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= 2**31 or np.unique(ids).size != k):
+        raise ValueError("dataset_ids must be distinct and in [0, 2**31)")
+    return ids
+
+
+def fold_in_each(key, ids) -> jax.Array:
+    """``[n]`` keys ``fold_in(key, ids[i])`` (ids: dataset positions or stable dataset ids)."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids))

@@ -1,25 +1,48 @@
-"""Sampler configurations (frozen dataclasses, hashable: one compiled function per config).
+"""Sampler configurations: algorithm settings and chain layout only (frozen, hashable dataclasses:
+one compiled function per configuration).
 
-Every config carries the chain layout (superchains x chains per superchain), the warmup and
-sampling lengths, thinning, the nested-R-hat gate and ``batch_size`` for ``lax.map`` over
-datasets. The dataclass defaults are the accelerator settings; ``cpu_profile()`` gives a
-smaller layout that keeps the nested-R-hat gate meaningful on a few CPU cores, and ``auto()``
-picks one of the two from ``jax.default_backend()``.
+What a run is judged by (:class:`~amortflow.mcmc.ConvergenceGate`), how datasets are laid out
+over a compiled call (:class:`~amortflow.mcmc.Layout`) and how many draws it returns
+(``num_output_draws`` of the run) are separate values, so one compiled sampler serves every gate,
+bucket and output size that does not change its shapes.
 
-Why the CPU profile is not just "fewer chains": a converged run has nested R-hat near
-``sqrt(1 + 1 / (M * N_eff))`` (``M`` chains per superchain, ``N_eff`` effective draws per
-chain), so the default 1.01 gate needs ``M * N_eff >~ 100``. The CPU profiles keep
-``M * N_eff`` in the several hundreds.
+The dataclass defaults are the accelerator settings; ``cpu_profile()`` gives a smaller layout that
+keeps the nested-R-hat gate meaningful on a few CPU cores, and ``auto()`` picks one of the two
+(:func:`amortflow._backend.on_accelerator`). Why the CPU profile is not just "fewer chains": a
+converged run has nested R-hat near ``sqrt(1 + 1 / (M * N_eff))`` (``M`` chains per superchain,
+``N_eff`` effective draws per chain), so the default 1.01 gate needs ``M * N_eff >~ 100``; the CPU
+profiles keep ``M * N_eff`` in the several hundreds.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from amortflow._backend import on_accelerator as _on_accelerator
+from amortflow._backend import on_accelerator
+
+
+class _Profiles:
+    """``accelerator`` / ``cpu_profile`` / ``auto`` constructors shared by the configs; a config
+    lists its CPU overrides in ``_CPU``."""
+
+    _CPU: dict = {}
+
+    @classmethod
+    def accelerator(cls, **kw):
+        """The dataclass defaults (the paper's layout)."""
+        return cls(**kw)
+
+    @classmethod
+    def cpu_profile(cls, **kw):
+        """Fewer chains and shorter runs that still keep ``M * N_eff`` in the hundreds."""
+        return cls(**{**cls._CPU, **kw})
+
+    @classmethod
+    def auto(cls, **kw):
+        return cls.accelerator(**kw) if on_accelerator() else cls.cpu_profile(**kw)
 
 
 @dataclasses.dataclass(frozen=True)
-class CheesConfig:
+class CheesConfig(_Profiles):
     """ChEES-HMC (BlackJAX ``chees_adaptation`` + dynamic HMC), many chains per dataset.
 
     Attributes:
@@ -34,16 +57,11 @@ class CheesConfig:
       decay_rate: weight decay of the step-size / length moving averages.
       max_leapfrog_steps: cap on the trajectory length in leapfrog steps.
       mass_matrix: ``"diagonal"`` (ensemble-estimated) or ``None`` (identity).
-      rhat_threshold: convergence gate, ``max_d nested R-hat < rhat_threshold``.
-      min_ess: optional second gate on ``min_d ess_bulk`` (0 disables).
-      num_output_draws: pooled draws returned per dataset (random subset without replacement);
-        ``None`` returns all ``num_chains * num_samples``.
-      batch_size: ``lax.map`` batch size over datasets; ``None`` = backend default (1 on CPU,
-        full ``vmap`` on accelerators).
+
+    ``cpu_profile()``: 8 x 16 = 128 chains, 400 warmup + 100 draws.
     """
 
-    name = "chees"
-    route = "mcmc"
+    _CPU = dict(num_superchains=8, chains_per_superchain=16, num_warmup=400, num_samples=100)
     num_superchains: int = 16
     chains_per_superchain: int = 128
     num_warmup: int = 500
@@ -55,43 +73,23 @@ class CheesConfig:
     decay_rate: float = 0.5
     max_leapfrog_steps: int = 512
     mass_matrix: str | None = "diagonal"
-    rhat_threshold: float = 1.01
-    min_ess: float = 0.0
-    num_output_draws: int | None = None
-    batch_size: int | None = None
 
     @property
     def num_chains(self) -> int:
         return self.num_superchains * self.chains_per_superchain
 
-    @classmethod
-    def accelerator(cls, **kw) -> "CheesConfig":
-        """Paper layout: 16 superchains x 128 chains."""
-        return cls(**kw)
-
-    @classmethod
-    def cpu_profile(cls, **kw) -> "CheesConfig":
-        """8 x 16 = 128 chains, 400 warmup + 100 draws: M * N_eff in the hundreds."""
-        base = dict(num_superchains=8, chains_per_superchain=16, num_warmup=400, num_samples=100,
-                    batch_size=1)
-        return cls(**{**base, **kw})
-
-    @classmethod
-    def auto(cls, **kw) -> "CheesConfig":
-        return cls.accelerator(**kw) if _on_accelerator() else cls.cpu_profile(**kw)
-
 
 @dataclasses.dataclass(frozen=True)
-class MeadsConfig:
+class MeadsConfig(_Profiles):
     """MEADS (BlackJAX ``meads_adaptation`` + generalized HMC), many chains per dataset.
 
     GHMC takes one leapfrog step per transition, so draws are thinned (``thin``). The total
-    number of chains must be divisible by ``num_folds``. Other attributes as in
-    :class:`CheesConfig`.
+    number of chains must be divisible by ``num_folds``. Layout attributes as in
+    :class:`CheesConfig`; ``cpu_profile()``: 8 x 16 chains, 1000 warmup + 100 draws thinned by 10.
     """
 
-    name = "meads"
-    route = "mcmc"
+    _CPU = dict(num_superchains=8, chains_per_superchain=16, num_warmup=1000, num_samples=100,
+                thin=10)
     num_superchains: int = 16
     chains_per_superchain: int = 128
     num_warmup: int = 1000
@@ -100,10 +98,6 @@ class MeadsConfig:
     num_folds: int = 4
     step_size_multiplier: float = 0.5
     damping_slowdown: float = 1.0
-    rhat_threshold: float = 1.01
-    min_ess: float = 0.0
-    num_output_draws: int | None = None
-    batch_size: int | None = None
 
     def __post_init__(self):
         if (self.num_superchains * self.chains_per_superchain) % self.num_folds:
@@ -116,33 +110,16 @@ class MeadsConfig:
     def num_chains(self) -> int:
         return self.num_superchains * self.chains_per_superchain
 
-    @classmethod
-    def accelerator(cls, **kw) -> "MeadsConfig":
-        return cls(**kw)
-
-    @classmethod
-    def cpu_profile(cls, **kw) -> "MeadsConfig":
-        """8 x 16 = 128 chains, 1000 warmup + 100 draws thinned by 10."""
-        base = dict(num_superchains=8, chains_per_superchain=16, num_warmup=1000, num_samples=100,
-                    thin=10, batch_size=1)
-        return cls(**{**base, **kw})
-
-    @classmethod
-    def auto(cls, **kw) -> "MeadsConfig":
-        return cls.accelerator(**kw) if _on_accelerator() else cls.cpu_profile(**kw)
-
 
 @dataclasses.dataclass(frozen=True)
-class NutsConfig:
+class NutsConfig(_Profiles):
     """NUTS with Stan-style window adaptation, each chain adapted on its own.
 
-    The final fallback and the reference sampler (4 chains x 1000 warmup + 1000 draws).
-    For the nested-R-hat gate each chain is its own superchain (``M = 1``), which reduces
-    nested R-hat to the classic between/within ratio.
+    The final fallback and the reference sampler (4 chains x 1000 warmup + 1000 draws, on every
+    backend). For the nested-R-hat gate each chain is its own superchain (``M = 1``), which
+    reduces nested R-hat to the classic between/within ratio.
     """
 
-    name = "nuts"
-    route = "nuts"
     num_chains: int = 4
     num_warmup: int = 1000
     num_samples: int = 1000
@@ -150,10 +127,6 @@ class NutsConfig:
     max_num_doublings: int = 10
     target_acceptance_rate: float = 0.8
     initial_step_size: float = 1.0
-    rhat_threshold: float = 1.01
-    min_ess: float = 0.0
-    num_output_draws: int | None = None
-    batch_size: int | None = None
 
     @property
     def num_superchains(self) -> int:
@@ -162,18 +135,6 @@ class NutsConfig:
     @property
     def chains_per_superchain(self) -> int:
         return 1
-
-    @classmethod
-    def accelerator(cls, **kw) -> "NutsConfig":
-        return cls(**kw)
-
-    @classmethod
-    def cpu_profile(cls, **kw) -> "NutsConfig":
-        return cls(**{**dict(batch_size=1), **kw})
-
-    @classmethod
-    def auto(cls, **kw) -> "NutsConfig":
-        return cls.accelerator(**kw) if _on_accelerator() else cls.cpu_profile(**kw)
 
 
 SamplerConfig = CheesConfig | MeadsConfig | NutsConfig

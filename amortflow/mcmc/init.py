@@ -13,13 +13,17 @@ never silently failed.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amortflow._compile import DEFAULT_CACHE, CompileCache
+from amortflow.mcmc import batching
 from amortflow.models import Model
+from amortflow.models.observation import take
 
 
 class InitInfo(NamedTuple):
@@ -59,10 +63,9 @@ def _gumbel_top_k(key, logits, k):
     return idx
 
 
-def _init_one(key, y, cand, logw, *, model: Model, num_superchains: int, num_prior_draws: int):
-    c0 = num_superchains
-    k_pick, k_prior, k_pick_prior, k_reuse = jax.random.split(key, 4)
-    lp = jax.vmap(lambda t: model.log_density(t, y))(cand)  # [S]
+def _pick_candidates(key, obs, cand, logw, c0, model: Model):
+    """``c0`` random distinct finite-density candidates (weights x multiplicities)."""
+    lp = jax.vmap(lambda t: model.log_density_obs(t, obs))(cand)  # [S]
     finite = jnp.isfinite(lp) & jnp.all(jnp.isfinite(cand), axis=-1) & jnp.isfinite(logw)
     safe = jnp.where(finite[:, None], cand, 0.0)
     first, group = _distinct_mask(safe)
@@ -71,17 +74,22 @@ def _init_one(key, y, cand, logw, *, model: Model, num_superchains: int, num_pri
     group_w = jax.ops.segment_sum(w, group, num_segments=cand.shape[0])
     logits = jnp.where(first & finite, jnp.log(group_w[group]), -jnp.inf)
     num_valid = jnp.sum(jnp.isfinite(logits))
-    idx = _gumbel_top_k(k_pick, logits, c0)
-    chosen = cand[idx]
-    chosen_lp = lp[idx]
+    idx = _gumbel_top_k(key, logits, c0)
+    return cand[idx], lp[idx], num_valid
+
+
+def _init_one(key, obs, cand, logw, *, model: Model, num_superchains: int, num_prior_draws: int):
+    c0 = num_superchains
+    k_pick, k_prior, k_pick_prior, k_reuse = jax.random.split(key, 4)
+    chosen, chosen_lp, num_valid = _pick_candidates(k_pick, obs, cand, logw, c0, model)
     slot = jnp.arange(c0)
     from_cand = slot < num_valid  # top-k puts the finite logits first
 
     prior = model.sample_prior(k_prior, num_prior_draws)
-    prior_lp = jax.vmap(lambda t: model.log_density(t, y))(prior)
+    prior_lp = jax.vmap(lambda t: model.log_density_obs(t, obs))(prior)
     prior_ok = jnp.isfinite(prior_lp) & jnp.all(jnp.isfinite(prior), axis=-1)
     # sampling-importance-resampling from the prior: screened draws picked (distinct) with
-    # probability ~ likelihood, so fallback chains start where the posterior has mass
+    # probability ~ (tempered) likelihood, so fallback chains start where the posterior has mass
     prior_ll = prior_lp - jax.vmap(model.log_prior)(prior)
     pidx = _gumbel_top_k(k_pick_prior, jnp.where(prior_ok & jnp.isfinite(prior_ll), prior_ll, -jnp.inf), c0)
     num_prior_ok = jnp.sum(prior_ok & jnp.isfinite(prior_ll))
@@ -103,65 +111,78 @@ def _init_one(key, y, cand, logw, *, model: Model, num_superchains: int, num_pri
     return pos, InitInfo(num_valid, jnp.sum(from_prior), jnp.sum(reuse), ok, pos_lp)
 
 
-_INIT_CACHE: dict = {}
+def _pad_candidates(candidates, candidate_log_weights, c0):
+    """Pad ``[K, S, d]`` candidates (and ``[K, S]`` log weights) to at least ``c0`` rows with
+    non-finite entries, so top-k has enough of them; ``None`` weights become zeros."""
+    k, s, d = candidates.shape
+    if s < c0:
+        candidates = jnp.concatenate(
+            [candidates, jnp.full((k, c0 - s, d), jnp.nan, candidates.dtype)], 1)
+    if candidate_log_weights is None:
+        return candidates, jnp.zeros(candidates.shape[:2], candidates.dtype)
+    logw = jnp.asarray(candidate_log_weights, candidates.dtype)
+    if logw.shape != (k, s):
+        raise ValueError(f"candidate_log_weights must be [{k}, {s}], got {logw.shape}")
+    if s < c0:
+        logw = jnp.concatenate([logw, jnp.full((k, c0 - s), -jnp.inf, logw.dtype)], 1)
+    return candidates, logw
 
 
-def initialize_positions(key, model: Model, ys, candidates, candidate_log_weights=None,
+def initialize_positions_keys(keys, model: Model, obs, candidates, candidate_log_weights=None,
+                              num_superchains: int = 16, *, num_prior_draws: int = 1024,
+                              block_size: int = 64, cache: CompileCache | None = None):
+    """:func:`initialize_positions` with one PRNG key per dataset (``keys [K]``): a dataset's
+    starting points depend only on its key, observation and candidates."""
+    obs = batching.as_batch(obs)
+    candidates = jnp.asarray(candidates, dtype=jnp.result_type(float))
+    k, _, d = candidates.shape
+    if obs.num_datasets != k:
+        raise ValueError(f"initialize_positions: {obs.num_datasets} datasets but {k} candidate sets")
+    if d != model.dim:
+        raise ValueError(f"initialize_positions: candidates have d={d}, model has {model.dim}")
+    c0, npd = int(num_superchains), int(num_prior_draws)
+    candidates, logw = _pad_candidates(candidates, candidate_log_weights, c0)
+    one = functools.partial(_init_one, model=model, num_superchains=c0, num_prior_draws=npd)
+    cache = DEFAULT_CACHE if cache is None else cache
+    fn, _ = cache.get(("init", model, c0, npd), lambda: jax.jit(jax.vmap(one)))
+    b = int(block_size)
+    outs = []
+    for s0 in range(0, k, b):
+        rows = np.minimum(np.arange(s0, s0 + b), k - 1)  # the last block repeats its last row
+        out = fn(keys[rows], take(obs, rows), candidates[rows], logw[rows])
+        outs.append(jax.tree.map(lambda a: a[: min(b, k - s0)], out))
+    if not outs:
+        return fn(keys, obs, candidates, logw)
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
+
+
+def initialize_positions(key, model: Model, obs, candidates, candidate_log_weights=None,
                          num_superchains: int = 16, *, num_prior_draws: int = 1024,
-                         block_size: int = 64):
+                         block_size: int = 64, cache: CompileCache | None = None):
     """Random, distinct, finite-density superchain starting points for every dataset.
 
     Args:
-      key: PRNG key.
-      model: the model (``log_density(theta, y)`` is evaluated at every candidate).
-      ys: ``[K, *obs_shape]`` datasets.
+      key: PRNG key (split into one key per dataset, by position).
+      model: the model (``log_density_obs`` is evaluated at every candidate).
+      obs: ``ys [K, *obs_shape]`` or a batched :class:`~amortflow.models.Observation` (its
+        ``beta`` tempers the density the candidates are screened and the prior draws weighted by).
       candidates: ``[K, S, d]`` unconstrained points (PSIS-resampled or raw amortized draws).
       candidate_log_weights: ``[K, S]`` log importance weights, or ``None`` (equal weights;
         duplicated rows then count by multiplicity).
       num_superchains: ``C0`` starting points per dataset.
       num_prior_draws: prior draws screened per dataset for the fallback.
       block_size: datasets per compiled call. Every call has this shape (the last block is
-        padded), so one compilation serves any ``K``; the escalation calls this with a
-        different ``K`` per stage and chunk, which had cost a recompilation each time (14 s of
-        a 78 s GEV workflow). A dataset's result does not depend on its block.
+        padded), so one compilation serves any ``K``: the ladder calls this with a different
+        ``K`` per rung and chunk, and each new ``K`` used to cost a recompilation. A dataset's
+        result does not depend on its block.
+      cache: :class:`~amortflow._compile.CompileCache` (default ``DEFAULT_CACHE``).
     Returns:
       ``(init [K, C0, d], InitInfo)``.
     """
-    ys = jnp.asarray(ys)
-    candidates = jnp.asarray(candidates, dtype=jnp.result_type(float))
-    k, s, d = candidates.shape
-    if ys.shape[0] != k:
-        raise ValueError(f"initialize_positions: {ys.shape[0]} datasets but {k} candidate sets")
-    if d != model.dim:
-        raise ValueError(f"initialize_positions: candidates have d={d}, model has {model.dim}")
-    if s < num_superchains:  # pad with non-finite rows so top_k has enough entries
-        candidates = jnp.concatenate(
-            [candidates, jnp.full((k, num_superchains - s, d), jnp.nan, candidates.dtype)], 1)
-    if candidate_log_weights is None:
-        logw = jnp.zeros(candidates.shape[:2], candidates.dtype)
-    else:
-        logw = jnp.asarray(candidate_log_weights, candidates.dtype)
-        if logw.shape != (k, s):
-            raise ValueError(f"candidate_log_weights must be [{k}, {s}], got {logw.shape}")
-        if s < num_superchains:
-            logw = jnp.concatenate(
-                [logw, jnp.full((k, num_superchains - s), -jnp.inf, logw.dtype)], 1)
-    cache_key = (model, int(num_superchains), int(num_prior_draws))
-    fn = _INIT_CACHE.get(cache_key)
-    if fn is None:
-        one = lambda kk, y, c, w: _init_one(kk, y, c, w, model=model,  # noqa: E731
-                                             num_superchains=int(num_superchains),
-                                             num_prior_draws=int(num_prior_draws))
-        fn = _INIT_CACHE[cache_key] = jax.jit(jax.vmap(one))
-    keys = jax.random.split(key, k)
-    b = int(block_size)
-    outs = []
-    for s0 in range(0, k, b):
-        rows = np.minimum(np.arange(s0, s0 + b), k - 1)  # the last block repeats its last row
-        outs.append(jax.tree.map(lambda a: a[: min(b, k - s0)], fn(keys[rows], ys[rows], candidates[rows], logw[rows])))
-    if not outs:
-        return fn(keys, ys, candidates, logw)
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
+    keys = jax.random.split(key, np.shape(candidates)[0])
+    return initialize_positions_keys(keys, model, obs, candidates, candidate_log_weights,
+                                     num_superchains, num_prior_draws=num_prior_draws,
+                                     block_size=block_size, cache=cache)
 
 
 def summarize_init(info: InitInfo) -> dict:

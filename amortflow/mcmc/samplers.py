@@ -1,18 +1,27 @@
-"""Batched many-chain samplers across datasets: ChEES-HMC, MEADS and NUTS (BlackJAX).
+"""Many-chain samplers as values: ChEES-HMC, MEADS and NUTS (BlackJAX), batched over datasets.
 
-Each sampler is a pure per-dataset function ``(key, y, init [C0, d]) -> DatasetOutput`` that
-runs warmup *and* sampling in one traced function (BlackJAX adaptation parameters hold Python
-callables) with ``log_density(theta, y)`` taking the observation as an argument. It is mapped
-over datasets by :mod:`amortflow.mcmc.batching` (dataset axis sharded over devices, ``lax.map``
-on CPU / ``vmap`` on accelerators) and compiled once per ``(sampler, model, config, K)``.
+A per-dataset kernel is a pure function ``(key, obs, init [C0, d]) -> SamplerStats`` (model,
+configuration and output size bound first, :meth:`Sampler.per_dataset`) that runs warmup *and*
+sampling in one traced function (BlackJAX adaptation parameters hold Python callables) on
+``model.log_density_obs(theta, obs)``: the observation -- data, temperature ``beta``, design --
+is an argument, never closed over. :func:`run_sampler_keys` maps it over datasets with
+:mod:`amortflow.mcmc.batching` (dataset axis sharded over devices, ``lax.map`` on CPU / ``vmap`` on
+accelerators) and compiles it once per ``(sampler, model, num_output_draws, layout, shapes)`` in a
+bounded :class:`~amortflow._compile.CompileCache`.
+
+A :class:`Sampler` is ``(name, route, config, kernel)``; build one with the factories
+``chees(**config)``, ``meads(**config)``, ``nuts(**config)`` (and their ``.cpu_profile()``,
+``.accelerator()``, ``.auto()``).
 
 Chain layout: ``C = C0 * M`` chains, consecutive blocks of ``M`` chains form a superchain and
 start at the same point ``init[i]`` (as :func:`amortflow.diagnostics.nested_rhat` expects).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import blackjax
 import jax
@@ -21,72 +30,18 @@ import numpy as np
 import optax
 from blackjax.adaptation.base import get_filter_adapt_info_fn
 
+from amortflow import diagnostics
+from amortflow._compile import CompileCache
 from amortflow.mcmc import batching
-from amortflow.mcmc._stats import convergence_stats
+from amortflow.mcmc.batching import Layout
 from amortflow.mcmc.config import CheesConfig, MeadsConfig, NutsConfig
+from amortflow.mcmc.record import ConvergenceGate, SamplerStats, concat_rows, forward_to_stats, take_rows
 from amortflow.models import Model
 
 _INFO_KEYS = {"is_divergent", "num_integration_steps", "acceptance_rate", "num_trajectory_expansions"}
 
 
-class DatasetOutput(NamedTuple):
-    """What one dataset's compiled run returns (batched: leading ``[K]`` on every field)."""
-
-    draws: jax.Array  # [S, d] pooled over chains (thinned; subsampled if num_output_draws)
-    nested_rhat: jax.Array  # [d]
-    rhat: jax.Array  # [d]
-    ess_bulk: jax.Array  # [d]
-    ess_tail: jax.Array  # [d]
-    divergences: jax.Array  # [] sampling-phase divergent transitions, all chains
-    warmup_divergences: jax.Array  # []
-    step_size: jax.Array  # [] (NUTS: mean over chains)
-    mean_num_steps: jax.Array  # [] mean leapfrog steps per sampling transition
-    max_tree_depth: jax.Array  # [] NUTS: max doublings in sampling; others 0
-    accept_rate: jax.Array  # [] mean acceptance probability in sampling
-    num_grad_evals: jax.Array  # [] warmup + sampling, all chains (int32; float32 beyond 2^31)
-    all_finite: jax.Array  # [] every draw finite
-
-
-class MCMCResult(NamedTuple):
-    """Result of a batched sampler over ``K`` datasets (numpy arrays, leading axis ``K``).
-
-    draws: ``[K, S, d]`` pooled over chains, thinned, unconstrained.
-    nested_rhat, rhat, ess_bulk, ess_tail: ``[K, d]``.
-    divergences, warmup_divergences: ``[K]`` counts of divergent transitions.
-    step_size, mean_num_steps, max_tree_depth, accept_rate: ``[K]`` tuning / trajectory stats.
-    num_grad_evals: ``[K]`` gradient evaluations (warmup + sampling, all chains).
-    converged: ``[K]`` gate: ``max_d nested_rhat < rhat_threshold``, all draws finite,
-      ``min_d ess_bulk >= min_ess``.
-    wall_time_s: ``[num_batches]`` wall time of each compiled call (bucket of datasets).
-    compile_time_s: ``[num_batches]`` compile time spent before each call (0 when cached).
-    batch_size: datasets per call (bucket size, padded).
-    sampler: ``"chees"`` | ``"meads"`` | ``"nuts"``.
-    """
-
-    draws: np.ndarray
-    nested_rhat: np.ndarray
-    rhat: np.ndarray
-    ess_bulk: np.ndarray
-    ess_tail: np.ndarray
-    divergences: np.ndarray
-    warmup_divergences: np.ndarray
-    step_size: np.ndarray
-    mean_num_steps: np.ndarray
-    max_tree_depth: np.ndarray
-    accept_rate: np.ndarray
-    num_grad_evals: np.ndarray
-    converged: np.ndarray
-    wall_time_s: np.ndarray
-    compile_time_s: np.ndarray
-    batch_size: int
-    sampler: str
-
-    @property
-    def wall_time_per_dataset_s(self) -> float:
-        return float(np.sum(self.wall_time_s)) / max(len(self.converged), 1)
-
-
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- kernel helpers
 
 
 def _pooled_output(key, chains, num_output_draws):
@@ -99,13 +54,16 @@ def _pooled_output(key, chains, num_output_draws):
     return pooled[idx]
 
 
-def _finish(key, chains, num_superchains, config, **stats):
+def _finish(key, chains, num_superchains, num_output_draws, **stats) -> SamplerStats:
     """Common tail: diagnostics and pooled draws from ``chains [C, N, d]``."""
-    conv = convergence_stats(chains, num_superchains)
-    return DatasetOutput(
-        draws=_pooled_output(key, chains, config.num_output_draws),
+    return SamplerStats(
+        draws=_pooled_output(key, chains, num_output_draws),
+        nested_rhat=diagnostics.nested_rhat(chains, num_superchains),
+        rhat=diagnostics.rhat(chains),
+        ess_bulk=diagnostics.ess_bulk(chains),
+        ess_tail=diagnostics.ess_tail(chains),
         all_finite=jnp.all(jnp.isfinite(chains)),
-        **conv,
+        converged=jnp.zeros((), bool),  # the gate is applied on the host, per run
         **stats,
     )
 
@@ -134,12 +92,20 @@ def _start(init, m):
     return jnp.repeat(init, m, axis=0)
 
 
+def _vmapped_step(kernel, c):
+    def step(k, s):
+        return jax.vmap(kernel.step)(jax.random.split(k, c), s)
+
+    return step
+
+
 # --------------------------------------------------------------------------- per-dataset kernels
 
 
-def chees_one(key, y, init, *, model: Model, config: CheesConfig) -> DatasetOutput:
-    """ChEES-HMC warmup + sampling for one dataset (``init [C0, d]``)."""
-    logdensity = lambda theta: model.log_density(theta, y)  # noqa: E731
+def chees_one(key, obs, init, *, model: Model, config: CheesConfig,
+              num_output_draws: int | None = None) -> SamplerStats:
+    """ChEES-HMC warmup + sampling for one dataset (``obs`` one Observation, ``init [C0, d]``)."""
+    logdensity = lambda theta: model.log_density_obs(theta, obs)  # noqa: E731
     cfg = config
     c = cfg.num_chains
     k_warm, k_samp, k_out = jax.random.split(key, 3)
@@ -156,17 +122,13 @@ def chees_one(key, y, init, *, model: Model, config: CheesConfig) -> DatasetOutp
         optax.adam(cfg.learning_rate), cfg.num_warmup,
         max_sampling_steps=cfg.num_samples * cfg.thin,
     )
-    kernel = blackjax.dynamic_hmc(logdensity, **params)
-
-    def step(k, s):
-        return jax.vmap(kernel.step)(jax.random.split(k, c), s)
-
+    step = _vmapped_step(blackjax.dynamic_hmc(logdensity, **params), c)
     pos, info = _scan_sample(k_samp, step, states, cfg.num_samples, cfg.thin)
     chains = jnp.swapaxes(pos, 0, 1)  # [C, N, d]
     grads = (jnp.sum(winfo.info.num_integration_steps) + jnp.sum(info.num_integration_steps)
              + c)
     return _finish(
-        k_out, chains, cfg.num_superchains, cfg,
+        k_out, chains, cfg.num_superchains, num_output_draws,
         divergences=jnp.sum(info.is_divergent),
         warmup_divergences=jnp.sum(winfo.info.is_divergent),
         step_size=jnp.asarray(params["step_size"], jnp.float32),
@@ -198,9 +160,11 @@ def _meads_chain_origin(key, num_chains, num_folds, num_steps):
     return origin
 
 
-def meads_one(key, y, init, *, model: Model, config: MeadsConfig) -> DatasetOutput:
+
+def meads_one(key, obs, init, *, model: Model, config: MeadsConfig,
+              num_output_draws: int | None = None) -> SamplerStats:
     """MEADS warmup + generalized-HMC sampling for one dataset (``init [C0, d]``)."""
-    logdensity = lambda theta: model.log_density(theta, y)  # noqa: E731
+    logdensity = lambda theta: model.log_density_obs(theta, obs)  # noqa: E731
     cfg = config
     c = cfg.num_chains
     k_warm, k_samp, k_out = jax.random.split(key, 3)
@@ -211,8 +175,8 @@ def meads_one(key, y, init, *, model: Model, config: MeadsConfig) -> DatasetOutp
         adaptation_info_fn=get_filter_adapt_info_fn(info_keys=_INFO_KEYS),
     )
     # Interleaved layout: BlackJAX's folds are contiguous blocks of chains, so superchain-major
-    # order would give a fold only one or two distinct starting points (measured: step size
-    # collapse). Chain j starts at init[j % C0].
+    # order would give a fold only one or two distinct starting points (the step size then
+    # collapsed). Chain j starts at init[j % C0].
     c0, m = cfg.num_superchains, cfg.chains_per_superchain
     (states, params), winfo = warmup.run(k_warm, jnp.tile(init, (m, 1)), cfg.num_warmup)
     # MEADS reshuffles chains across folds during warmup; restore superchain-major order so
@@ -220,18 +184,14 @@ def meads_one(key, y, init, *, model: Model, config: MeadsConfig) -> DatasetOutp
     origin = _meads_chain_origin(k_warm, c, cfg.num_folds, cfg.num_warmup)
     order = jnp.argsort((origin % c0) * m + origin // c0)
     states = jax.tree.map(lambda a: a[order], states)
-    kernel = blackjax.ghmc(logdensity, **params)
-
-    def step(k, s):
-        return jax.vmap(kernel.step)(jax.random.split(k, c), s)
-
+    step = _vmapped_step(blackjax.ghmc(logdensity, **params), c)
     pos, info = _scan_sample(k_samp, step, states, cfg.num_samples, cfg.thin)
     chains = jnp.swapaxes(pos, 0, 1)
     # one leapfrog step per GHMC transition; during warmup one fold in num_folds is frozen
     active_warm = c - (c // cfg.num_folds if cfg.num_folds > 1 else 0)
     grads = c + cfg.num_warmup * active_warm + cfg.num_samples * cfg.thin * c
     return _finish(
-        k_out, chains, cfg.num_superchains, cfg,
+        k_out, chains, cfg.num_superchains, num_output_draws,
         divergences=jnp.sum(info.is_divergent),
         warmup_divergences=jnp.sum(winfo.info.is_divergent),
         step_size=jnp.asarray(params["step_size"], jnp.float32),
@@ -242,9 +202,10 @@ def meads_one(key, y, init, *, model: Model, config: MeadsConfig) -> DatasetOutp
     )
 
 
-def nuts_one(key, y, init, *, model: Model, config: NutsConfig) -> DatasetOutput:
+def nuts_one(key, obs, init, *, model: Model, config: NutsConfig,
+             num_output_draws: int | None = None) -> SamplerStats:
     """NUTS with per-chain window adaptation for one dataset (``init [num_chains, d]``)."""
-    logdensity = lambda theta: model.log_density(theta, y)  # noqa: E731
+    logdensity = lambda theta: model.log_density_obs(theta, obs)  # noqa: E731
     cfg = config
     k_chains, k_out = jax.random.split(key)
 
@@ -267,7 +228,7 @@ def nuts_one(key, y, init, *, model: Model, config: NutsConfig) -> DatasetOutput
     grads = (jnp.sum(winfo.num_integration_steps) + jnp.sum(info.num_integration_steps)
              + cfg.num_chains)
     return _finish(
-        k_out, pos, cfg.num_chains, cfg,
+        k_out, pos, cfg.num_chains, num_output_draws,
         divergences=jnp.sum(info.is_divergent),
         warmup_divergences=jnp.sum(winfo.is_divergent),
         step_size=jnp.mean(step_size).astype(jnp.float32),
@@ -278,141 +239,192 @@ def nuts_one(key, y, init, *, model: Model, config: NutsConfig) -> DatasetOutput
     )
 
 
-SAMPLERS: dict[str, Callable] = {"chees": chees_one, "meads": meads_one, "nuts": nuts_one}
+# --------------------------------------------------------------------------- samplers as values
 
 
-def sampler_name(config) -> str:
-    return config.name
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """A many-chain sampler: a per-dataset kernel and its configuration (hashable: the compile key).
+
+    name: ``"chees"`` | ``"meads"`` | ``"nuts"`` (labels results).
+    route: route of datasets accepted on it (``"mcmc"`` for ChEES/MEADS, ``"nuts"`` for NUTS).
+    config: algorithm settings and chain layout (:class:`CheesConfig`, ...).
+    kernel: ``(key, obs, init [C0, d], *, model, config, num_output_draws) -> SamplerStats``.
+    title: display name in reports (``"ChEES"``, ``"MEADS"``, ``"NUTS"``).
+    """
+
+    name: str
+    route: str
+    config: Any
+    kernel: Callable = dataclasses.field(repr=False)
+    title: str = ""
+
+    @property
+    def num_superchains(self) -> int:
+        return self.config.num_superchains
+
+    @property
+    def num_chains(self) -> int:
+        return self.config.num_chains
+
+    @property
+    def num_draws(self) -> int:
+        """Draws per dataset before subsampling (``num_chains * num_samples``)."""
+        return self.config.num_chains * self.config.num_samples
+
+    def per_dataset(self, model: Model, num_output_draws: int | None = None) -> Callable:
+        """``(key, obs, init [C0, d]) -> SamplerStats`` for one dataset of ``model``."""
+        return functools.partial(self.kernel, model=model, config=self.config,
+                                 num_output_draws=num_output_draws)
+
+    def with_config(self, **config_kw) -> "Sampler":
+        """The same sampler with some configuration fields replaced."""
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, **config_kw))
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerFamily:
+    """Factory of :class:`Sampler` values of one algorithm: ``family(**config_kw)`` (the
+    configuration's defaults: accelerator settings), ``.cpu_profile(**kw)``, ``.accelerator(**kw)``,
+    ``.auto(**kw)`` (by backend) and ``.from_config(config)``."""
+
+    name: str
+    route: str
+    title: str
+    config_type: type
+    kernel: Callable = dataclasses.field(repr=False)
+
+    def from_config(self, config) -> Sampler:
+        if not isinstance(config, self.config_type):
+            raise TypeError(f"{self.name}: expected a {self.config_type.__name__}, "
+                            f"got {type(config).__name__}")
+        return Sampler(self.name, self.route, config, self.kernel, self.title)
+
+    def __call__(self, **config_kw) -> Sampler:
+        return self.from_config(self.config_type(**config_kw))
+
+    def accelerator(self, **config_kw) -> Sampler:
+        return self.from_config(self.config_type.accelerator(**config_kw))
+
+    def cpu_profile(self, **config_kw) -> Sampler:
+        return self.from_config(self.config_type.cpu_profile(**config_kw))
+
+    def auto(self, **config_kw) -> Sampler:
+        return self.from_config(self.config_type.auto(**config_kw))
+
+
+chees = SamplerFamily("chees", "mcmc", "ChEES", CheesConfig, chees_one)
+meads = SamplerFamily("meads", "mcmc", "MEADS", MeadsConfig, meads_one)
+nuts = SamplerFamily("nuts", "nuts", "NUTS", NutsConfig, nuts_one)
 
 
 # --------------------------------------------------------------------------- batched runner
 
-_COMPILED: dict = {}
 
+class MCMCResult(NamedTuple):
+    """A batched sampler run over ``K`` datasets (NumPy, leading axis ``K``).
 
-def _runner(model: Model, config):
-    """Jitted, sharded ``(active [Kp], keys [Kp], ys, init) -> DatasetOutput`` (memoised)."""
-    name = sampler_name(config)
-    one = SAMPLERS[name]
-    return batching.cached_dataset_map(
-        (name, model, config),
-        lambda: (lambda k, y, x0: one(k, y, x0, model=model, config=config)),
-        batch_size=batching.default_batch_size(config.batch_size),
-    )
-
-
-def _compiled_call(runner, args):
-    """AOT-compile ``runner`` for these argument shapes once; returns (compiled, compile_s)."""
-    shapes = tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(args))
-    key = (id(runner), shapes)
-    if key in _COMPILED:
-        return _COMPILED[key], 0.0
-    t0 = time.perf_counter()
-    compiled = runner.lower(*args).compile()
-    _COMPILED[key] = compiled
-    return compiled, time.perf_counter() - t0
-
-
-def converged_gate(out: DatasetOutput | MCMCResult, config) -> np.ndarray:
-    """``[K]``: max_d nested R-hat below threshold, finite draws, enough bulk ESS."""
-    nr = np.asarray(out.nested_rhat)
-    ok = np.all(np.isfinite(nr), axis=-1) & (np.max(nr, axis=-1) < config.rhat_threshold)
-    if isinstance(out, DatasetOutput):
-        ok &= np.asarray(out.all_finite)
-    if config.min_ess > 0:
-        ok &= np.min(np.asarray(out.ess_bulk), axis=-1) >= config.min_ess
-    return ok
-
-
-def run_sampler_keys(keys, model: Model, ys, init, config, *, bucket_size: int | None = None,
-                     progress: bool = False) -> MCMCResult:
-    """Batched sampler with one PRNG key per dataset (``keys [K]``); see :func:`run_chees`.
-
-    Datasets are processed in buckets of ``bucket_size`` (default: all ``K`` padded to a
-    multiple of the device count); every bucket has the same padded shape, so one compiled
-    function serves all of them. A dataset's result depends only on its own key, data and
-    starting points, not on which bucket it lands in.
+    stats: :class:`SamplerStats` ``[K, ...]`` (``converged`` from the run's gate,
+      ``num_grad_evals`` int64); its fields are also readable directly (``res.draws``).
+    wall_time_s: ``[num_buckets]`` wall time of each compiled call.
+    compile_time_s: ``[num_buckets]`` compile time spent before each call (0 when cached).
+    batch_size: datasets per call (bucket size, padded).
+    sampler: the sampler's name.
     """
-    ys = jnp.asarray(ys)
-    init = jnp.asarray(init, dtype=jnp.result_type(float))
-    k = ys.shape[0]
-    if init.shape[:2] != (k, config.num_superchains) or init.shape[2] != model.dim:
-        raise ValueError(
-            f"{config.name}: init must be [K={k}, num_superchains={config.num_superchains}, "
-            f"d={model.dim}], got {tuple(init.shape)}")
-    n_dev = batching.num_devices()
-    size = bucket_size or k
-    size = -(-size // n_dev) * n_dev
-    runner = _runner(model, config)
-    outs, walls, compiles = [], [], []
-    starts = range(0, k, size)
-    it = starts
-    if progress and len(starts) > 1:
-        from tqdm.auto import tqdm
-        it = tqdm(starts, desc=f"{config.name} buckets", unit="bucket")
-    for s0 in it:
-        n = min(size, k - s0)
-        rows, active = batching.pad_and_interleave(n, size, n_dev)
-        rows = rows + s0
-        args = (jnp.asarray(active), keys[rows], ys[rows], init[rows])
-        compiled, c_s = _compiled_call(runner, args)
-        t0 = time.perf_counter()
-        out = compiled(*args)
-        out = jax.tree.map(np.asarray, jax.block_until_ready(out))
-        walls.append(time.perf_counter() - t0)
-        compiles.append(c_s)
-        inverse = np.argsort(np.where(active, rows, 2**62), kind="stable")[:n]
-        outs.append(jax.tree.map(lambda o: o[inverse], out))
-    out = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *outs)
-    return MCMCResult(
-        draws=out.draws, nested_rhat=out.nested_rhat, rhat=out.rhat, ess_bulk=out.ess_bulk,
-        ess_tail=out.ess_tail, divergences=out.divergences,
-        warmup_divergences=out.warmup_divergences, step_size=out.step_size,
-        mean_num_steps=out.mean_num_steps, max_tree_depth=out.max_tree_depth,
-        accept_rate=out.accept_rate, num_grad_evals=out.num_grad_evals.astype(np.int64),
-        converged=converged_gate(out, config), wall_time_s=np.asarray(walls),
-        compile_time_s=np.asarray(compiles), batch_size=size, sampler=config.name,
-    )
+
+    stats: SamplerStats
+    wall_time_s: np.ndarray
+    compile_time_s: np.ndarray
+    batch_size: int
+    sampler: str
+
+    __getattr__ = forward_to_stats
+
+    @property
+    def wall_time_per_dataset_s(self) -> float:
+        return float(np.sum(self.wall_time_s)) / max(len(self.stats.converged), 1)
 
 
-def _run(key, model, ys, init, config, bucket_size, progress):
-    k = jnp.asarray(ys).shape[0]
-    return run_sampler_keys(jax.random.split(key, k), model, ys, init, config,
-                            bucket_size=bucket_size, progress=progress)
+def _check_init(sampler: Sampler, model: Model, init, k: int):
+    want = (k, sampler.num_superchains, model.dim)
+    if tuple(init.shape) != want:
+        raise ValueError(f"{sampler.name}: init must be [K={k}, num_superchains="
+                         f"{sampler.num_superchains}, d={model.dim}], got {tuple(init.shape)}")
 
 
-def run_chees(key, model: Model, ys, init, config: CheesConfig | None = None, *,
-              bucket_size: int | None = None, progress: bool = False) -> MCMCResult:
-    """ChEES-HMC on every dataset at once.
+def _run_bucket(runner_key, runner, keys, obs, init, s0, n, size, cache):
+    """Datasets ``s0 .. s0 + n`` padded to ``size`` rows: ``(stats rows [n], wall_s, compile_s)``."""
+    rows, active = batching.pad_and_interleave(n, size, batching.num_devices())
+    rows = rows + s0
+    args = (jnp.asarray(active), keys[rows], take_rows(obs, rows), init[rows])
+    compiled, compile_s = batching.compile_for(runner_key, runner, args, cache)
+    t0 = time.perf_counter()
+    out = jax.tree.map(np.asarray, jax.block_until_ready(compiled(*args)))
+    wall = time.perf_counter() - t0
+    inverse = np.argsort(np.where(active, rows, 2**62), kind="stable")[:n]
+    return take_rows(out, inverse), wall, compile_s
+
+
+def run_sampler_keys(keys, model: Model, obs, init, sampler: Sampler, *,
+                     num_output_draws: int | None = None, gate: ConvergenceGate = ConvergenceGate(),
+                     layout: Layout = Layout(), cache: CompileCache | None = None,
+                     progress: bool = False) -> MCMCResult:
+    """Batched sampler with one PRNG key per dataset.
 
     Args:
-      key: PRNG key (split into one key per dataset).
-      model: the model; ``log_density(theta, y)`` is compiled once for all datasets.
-      ys: ``[K, *obs_shape]``.
-      init: ``[K, num_superchains, d]`` superchain starting points (see
-        :func:`amortflow.mcmc.initialize_positions`).
-      config: :class:`CheesConfig` (default ``CheesConfig.auto()``).
-      bucket_size: datasets per compiled call (default all).
+      keys: ``[K]`` PRNG keys; a dataset's result depends only on its key, observation and
+        starting points, not on which other datasets share its call or bucket.
+      model: the model (``log_density_obs`` is compiled once for all datasets).
+      obs: ``ys [K, *obs_shape]`` or a batched :class:`~amortflow.models.Observation`.
+      init: ``[K, num_superchains, d]`` superchain starting points
+        (:func:`amortflow.mcmc.initialize_positions`).
+      sampler: a :class:`Sampler` (``chees.auto()``, ``nuts.cpu_profile()``, ...).
+      num_output_draws: pooled draws returned per dataset (random subset without replacement);
+        ``None``: all ``num_chains * num_samples``.
+      gate: sets ``stats.converged``.
+      layout: :class:`Layout`; datasets run in buckets of ``layout.bucket_size`` (default all
+        ``K``), padded to a multiple of the device count, so one compiled function serves all.
+      cache: :class:`~amortflow._compile.CompileCache` (default ``DEFAULT_CACHE``).
       progress: tqdm bar over buckets.
-    Returns:
-      :class:`MCMCResult`.
     """
-    return _run(key, model, ys, init, config or CheesConfig.auto(), bucket_size, progress)
+    obs = batching.as_batch(obs)
+    init = jnp.asarray(init, dtype=jnp.result_type(float))
+    k = obs.num_datasets
+    _check_init(sampler, model, init, k)
+    n_dev = batching.num_devices()
+    size = -(-(layout.bucket_size or k) // n_dev) * n_dev
+    cache_key = (sampler, model, num_output_draws)
+    bs = layout.map_batch_size
+    runner = batching.cached_dataset_map(
+        cache_key, lambda: sampler.per_dataset(model, num_output_draws), batch_size=bs, cache=cache)
+    runner_key = batching.dataset_map_key(cache_key, bs)
+    starts = range(0, k, size)
+    if progress and len(starts) > 1:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=f"{sampler.name} buckets", unit="bucket")
+    outs, walls, compiles = [], [], []
+    for s0 in starts:
+        out, wall, compile_s = _run_bucket(runner_key, runner, keys, obs, init, s0,
+                                           min(size, k - s0), size, cache)
+        outs.append(out)
+        walls.append(wall)
+        compiles.append(compile_s)
+    stats = concat_rows(outs)
+    stats = stats._replace(num_grad_evals=stats.num_grad_evals.astype(np.int64))
+    return MCMCResult(stats._replace(converged=gate(stats)), np.asarray(walls),
+                      np.asarray(compiles), size, sampler.name)
 
 
-def run_meads(key, model: Model, ys, init, config: MeadsConfig | None = None, *,
-              bucket_size: int | None = None, progress: bool = False) -> MCMCResult:
-    """MEADS on every dataset at once; arguments as :func:`run_chees`."""
-    return _run(key, model, ys, init, config or MeadsConfig.auto(), bucket_size, progress)
+def run_sampler(key, model: Model, obs, init, sampler: Sampler, *, dataset_ids=None,
+                **kw) -> MCMCResult:
+    """:func:`run_sampler_keys` with per-dataset keys from one ``key``: ``split(key, K)``, or
+    ``fold_in(key, dataset_ids[i])`` when stable ``dataset_ids [K]`` are given (then a dataset's
+    result does not depend on which others are in the call). Other arguments as there."""
+    k = batching.as_batch(obs).num_datasets
+    ids = batching.dataset_ids_or_none(dataset_ids, k)
+    keys = jax.random.split(key, k) if ids is None else batching.fold_in_each(key, ids)
+    return run_sampler_keys(keys, model, obs, init, sampler, **kw)
 
 
-def run_nuts(key, model: Model, ys, init, config: NutsConfig | None = None, *,
-             bucket_size: int | None = None, progress: bool = False) -> MCMCResult:
-    """NUTS (window adaptation per chain) on every dataset; ``init [K, num_chains, d]``."""
-    return _run(key, model, ys, init, config or NutsConfig.auto(), bucket_size, progress)
-
-
-def run_sampler(key, model: Model, ys, init, config, **kw) -> MCMCResult:
-    """Dispatch on the config type (:class:`CheesConfig` / :class:`MeadsConfig` /
-    :class:`NutsConfig`)."""
-    return _run(key, model, ys, init, config, kw.get("bucket_size"), kw.get("progress", False))
+__all__ = ["Sampler", "SamplerFamily", "chees", "meads", "nuts", "chees_one", "meads_one",
+           "nuts_one", "MCMCResult", "run_sampler", "run_sampler_keys"]
