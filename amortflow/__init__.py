@@ -13,3 +13,5 @@ from amortflow.estimators import (
 from amortflow import mcmc
 from amortflow import workflow
 from amortflow.workflow import WorkflowConfig, WorkflowResult, run_workflow
+from amortflow import errors, presets
+from amortflow.models import Observation, observe

@@ -1,8 +1,13 @@
 """Which kind of device JAX runs on: the one place that decides CPU versus accelerator defaults
-(batch layouts, sampler profiles, escalation ladders)."""
+(batch layouts, sampler profiles, escalation ladders), and the one way a function is sharded
+over the dataset axis."""
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 
 ACCELERATOR_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
 
@@ -24,3 +29,24 @@ def datasets_per_step(num_datasets: int, items_per_dataset: int, budget: int | N
     if budget is None:
         budget = (1 << 19) if on_accelerator() else (1 << 12)
     return int(max(1, min(num_datasets, budget // max(int(items_per_dataset), 1))))
+
+
+def shard_over_datasets(local_fn: Callable, num_replicated: int = 0, devices=None) -> Callable:
+    """``jax.jit`` of ``local_fn`` with its dataset axis split over ``devices``.
+
+    The first ``num_replicated`` positional arguments are replicated (``P()``: parameters,
+    standardisation), the others and every output are split on their leading axis over a 1-d
+    ``"data"`` mesh (``P("data")``); that axis must be a multiple of ``len(devices)``.
+    ``devices`` defaults to ``jax.devices()``; with one device this is plain ``jax.jit``.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    if len(devices) == 1:
+        return jax.jit(local_fn)
+    mesh = Mesh(np.asarray(devices), ("data",))
+
+    def sharded(*args):
+        specs = (P(),) * num_replicated + (P("data"),) * (len(args) - num_replicated)
+        return jax.shard_map(local_fn, mesh=mesh, in_specs=specs, out_specs=P("data"),
+                             check_vma=False)(*args)
+
+    return jax.jit(sharded)

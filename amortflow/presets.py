@@ -10,11 +10,19 @@ from amortflow.workflow.config import WorkflowConfig
 
 @dataclasses.dataclass(frozen=True)
 class NPEPreset:
+    """Architecture, training budget and workflow settings of one model; :meth:`fit_kwargs` is
+    the one mapping onto :func:`amortflow.fit_posterior` (the CLI and benchmarks use it)."""
+
     summary: object
     flow: FlowSpec
     train: TrainConfig
     num_simulations: int | None
     workflow: WorkflowConfig = WorkflowConfig()
+
+    def fit_kwargs(self) -> dict:
+        """Keyword arguments of :func:`amortflow.fit_posterior`."""
+        return {"summary": self.summary, "flow": self.flow, "train_config": self.train,
+                "num_simulations": self.num_simulations}
 
 
 def gev_preset(quick: bool = False) -> NPEPreset:

@@ -1,21 +1,25 @@
 """End-to-end workflow on the conjugate Gaussian model (analytic posterior) and GEV edge cases."""
-import dataclasses
-
 import jax
 import numpy as np
 import pytest
 
 import amortflow as af
-from amortflow.mcmc import CheesConfig, EscalationPolicy, NutsConfig, Stage
+from amortflow import mcmc
+from amortflow.mcmc import ConvergenceGate, Ladder, Rung
 from amortflow.nets import DeepSetSpec, FlowSpec
 
 S = 400
-CHEES = CheesConfig.cpu_profile(num_superchains=4, chains_per_superchain=8, num_warmup=150, num_samples=64)
-NUTS = NutsConfig.cpu_profile(num_chains=4, num_warmup=300, num_samples=400, rhat_threshold=1.05)
+CHEES = mcmc.chees.cpu_profile(num_superchains=4, chains_per_superchain=8, num_warmup=150, num_samples=64)
+NUTS = mcmc.nuts.cpu_profile(num_chains=4, num_warmup=300, num_samples=400)
+NEVER = ConvergenceGate(rhat_threshold=1.0)  # nested R-hat is never below 1: always escalate
 
 
-def _policy(*stages):
-    return EscalationPolicy(stages=tuple(stages), num_output_draws=S, bucket_size=4, num_prior_draws=256)
+def _policy(*rungs):
+    return Ladder(tuple(rungs), bucket_size=4, num_prior_draws=256)
+
+
+def Stage(name, sampler, init_from="candidates", gate=ConvergenceGate()):  # noqa: N802
+    return Rung(name, sampler, init_from, gate=gate)
 
 
 def _check_posterior(model, ys, draws, rows):
@@ -47,8 +51,8 @@ def data(gaussian_model):
         ("mcmc", dict(psis_on_all=True, khat_threshold=-np.inf, mcmc=_policy(Stage("chees", CHEES)))),
         # ChEES with an impossible R-hat gate escalates to NUTS
         ("nuts", dict(psis_on_all=True, khat_threshold=-np.inf,
-                      mcmc=_policy(Stage("chees", dataclasses.replace(CHEES, rhat_threshold=1.0)),
-                                   Stage("nuts", NUTS, init_from="previous")))),
+                      mcmc=_policy(Stage("chees", CHEES, gate=NEVER),
+                                   Stage("nuts", NUTS, init_from="previous", gate=ConvergenceGate(1.05))))),
     ],
 )
 def test_forced_routes_match_analytic_posterior(gaussian_model, gaussian_estimator, data, expected, cfg):
@@ -58,7 +62,7 @@ def test_forced_routes_match_analytic_posterior(gaussian_model, gaussian_estimat
     assert rows.size >= 5, res.route  # (the OOD check may flag a dataset at random)
     _check_posterior(gaussian_model, data, res.draws, rows)
     t = res.table()
-    assert list(t.route) == list(res.route) and np.isfinite(t.khat).all()
+    assert list(t.route) == list(res.route) and np.isfinite(t.khat).all()  # PSIS diagnostics for all
     if expected in ("mcmc", "nuts"):
         assert (t.nested_rhat_max[rows] < 1.05).all() and (t.num_grad_evals[rows] > 0).all()
         assert res.stage_counts["mcmc"] == 6
@@ -66,21 +70,21 @@ def test_forced_routes_match_analytic_posterior(gaussian_model, gaussian_estimat
 
 def test_unconverged_datasets_fail_with_diagnostics(gaussian_model, gaussian_estimator, data):
     config = af.WorkflowConfig(num_draws=S, psis_on_all=True, khat_threshold=-np.inf, num_ood_simulations=1000,
-                               mcmc=_policy(Stage("chees", dataclasses.replace(CHEES, rhat_threshold=1.0))))
+                               mcmc=_policy(Stage("chees", CHEES, gate=NEVER)))
     res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, gaussian_estimator, data, config, progress=False)
     assert (res.route == "failed").all()
     assert all("nested R-hat" in r and "divergences" in r for r in res.reason)
 
 
 def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, gaussian_model, gaussian_estimator, data):
-    from amortflow.workflow import run as wf
+    wf = mcmc  # the MCMC stage calls mcmc.run_ladder
 
     config = af.WorkflowConfig(num_draws=S, psis_on_all=True, khat_threshold=-np.inf, num_ood_simulations=1000,
                                mcmc_chunk=2, mcmc=_policy(Stage("chees", CHEES)))
     key = jax.random.PRNGKey(5)
     full = af.run_workflow(key, gaussian_model, gaussian_estimator, data, config, progress=False)
 
-    real = wf.run_escalation
+    real = wf.run_ladder
     calls = []
 
     def interrupted(*a, **k):
@@ -89,11 +93,11 @@ def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, gaussian_model,
             raise KeyboardInterrupt  # the run is killed during the second MCMC chunk
         return real(*a, **k)
 
-    monkeypatch.setattr(wf, "run_escalation", interrupted)
+    monkeypatch.setattr(wf, "run_ladder", interrupted)
     with pytest.raises(KeyboardInterrupt):
         af.run_workflow(key, gaussian_model, gaussian_estimator, data, config, out_dir=str(tmp_path), progress=False)
-    assert sorted(p.name for p in (tmp_path / "progress").glob("*.npz")) == ["mcmc_0000.npz", "stage1.npz", "stage2.npz"]
-    monkeypatch.setattr(wf, "run_escalation", real)
+    assert sorted(p.name for p in (tmp_path / "progress").glob("*.npz")) == ["amortized.npz", "mcmc_0000.npz", "psis.npz"]
+    monkeypatch.setattr(wf, "run_ladder", real)
     calls.clear()
     resumed = af.run_workflow(key, gaussian_model, gaussian_estimator, data, config, out_dir=str(tmp_path),
                               progress=False)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from amortflow._backend import datasets_per_step  # noqa: F401  (re-exported; lives in _backend)
+from amortflow._backend import datasets_per_step, shard_over_datasets
 from amortflow.estimators import checkpoint as ckpt
 from amortflow.estimators.base import content_fingerprint, is_concrete
 from amortflow.estimators.data import (  # noqa: F401  (Standardization etc. re-exported)
@@ -115,11 +115,8 @@ def _sample_and_log_prob(spec, params, std, keys, ys, extra, num_draws, batch_si
 
     if num_devices == 1:
         return local(params, std, keys, ys, extra)
-    from jax.sharding import Mesh, PartitionSpec as P
-
-    mesh = Mesh(np.asarray(jax.devices()[:num_devices]), ("data",))
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data"), P("data"), P("data")),
-                         out_specs=P("data"), check_vma=False)(params, std, keys, ys, extra)
+    return shard_over_datasets(local, num_replicated=2, devices=jax.devices()[:num_devices])(
+        params, std, keys, ys, extra)
 
 
 @partial(jax.jit, static_argnames=("spec", "batch_size"))

@@ -20,9 +20,8 @@ from typing import Any, Callable, Hashable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
 
-from amortflow._backend import on_accelerator
+from amortflow._backend import on_accelerator, shard_over_datasets
 from amortflow._compile import DEFAULT_CACHE, CompileCache
 from amortflow.models.observation import Observation, observe, to_device
 
@@ -109,27 +108,6 @@ def _local_map(fn: Callable, batch_size: int | None) -> Callable:
         return jax.tree.map(lambda o: o.reshape((k,) + o.shape[2:]), out)
 
     return mapped
-
-
-def shard_over_datasets(local_fn: Callable, num_replicated: int = 0, devices=None) -> Callable:
-    """``jax.jit`` of ``local_fn`` with its dataset axis split over ``devices``.
-
-    The first ``num_replicated`` positional arguments are replicated (``P()``: parameters,
-    standardisation), the others and every output are split on their leading axis over a 1-d
-    ``"data"`` mesh (``P("data")``); that axis must be a multiple of ``len(devices)``.
-    ``devices`` defaults to ``jax.devices()``; with one device this is plain ``jax.jit``.
-    """
-    devices = list(devices if devices is not None else jax.devices())
-    if len(devices) == 1:
-        return jax.jit(local_fn)
-    mesh = Mesh(np.asarray(devices), ("data",))
-
-    def sharded(*args):
-        specs = (P(),) * num_replicated + (P("data"),) * (len(args) - num_replicated)
-        return jax.shard_map(local_fn, mesh=mesh, in_specs=specs, out_specs=P("data"),
-                             check_vma=False)(*args)
-
-    return jax.jit(sharded)
 
 
 def build_dataset_map(fn: Callable, *, batch_size: int | None = None, devices=None) -> Callable:

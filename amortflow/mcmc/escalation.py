@@ -46,12 +46,11 @@ class EscalationPolicy:
     bucket_size: int = 64
     num_prior_draws: int = 1024
 
-    def __post_init__(self):
-        self.ladder.check_num_draws(self.num_output_draws)
-
     @property
     def ladder(self) -> Ladder:
-        return Ladder(tuple(self.stages), self.bucket_size, self.num_prior_draws)
+        """The rungs as a :class:`Ladder`, raised to yield ``num_output_draws`` draws."""
+        return Ladder(tuple(self.stages), self.bucket_size, self.num_prior_draws).yielding(
+            self.num_output_draws)
 
 
 def default_policy(num_output_draws: int = 1000, **kw) -> EscalationPolicy:

@@ -98,6 +98,18 @@ class Ladder:
         if self.bucket_size < 1:
             raise ValueError(f"Ladder.bucket_size must be >= 1, got {self.bucket_size}")
 
+    def yielding(self, num_output_draws: int) -> "Ladder":
+        """The same ladder with every rung's ``num_samples`` raised (never lowered) so that it
+        yields at least ``num_output_draws`` draws per dataset (more draws per chain, same
+        chains: the compiled layouts and the nested-R-hat grouping stay as configured)."""
+        rungs = []
+        for r in self.rungs:
+            if r.sampler.num_draws < num_output_draws:
+                need = -(-num_output_draws // r.sampler.num_chains)
+                r = dataclasses.replace(r, sampler=r.sampler.with_config(num_samples=need))
+            rungs.append(r)
+        return dataclasses.replace(self, rungs=tuple(rungs))
+
     def check_num_draws(self, num_output_draws: int) -> None:
         """Every rung must yield at least ``num_output_draws`` draws per dataset."""
         for r in self.rungs:

@@ -1,6 +1,10 @@
-"""The staged amortized workflow: configuration, pipeline and per-dataset result."""
+"""The staged amortized workflow: configuration, stages, pipeline and per-dataset result."""
 from amortflow.workflow.config import WorkflowConfig
-from amortflow.workflow.result import ROUTES, WorkflowResult
+from amortflow.workflow.pipeline import Records, Stage, StageInput, StageResult, run_stages
+from amortflow.workflow.result import ROUTES, ResultFileError, WorkflowResult
 from amortflow.workflow.run import run_workflow, validate_datasets
+from amortflow.workflow.stages import amortized_stage, default_stages, mcmc_stage, psis_stage
 
-__all__ = ["WorkflowConfig", "WorkflowResult", "ROUTES", "run_workflow", "validate_datasets"]
+__all__ = ["WorkflowConfig", "WorkflowResult", "ResultFileError", "ROUTES", "run_workflow",
+           "validate_datasets", "Stage", "StageInput", "StageResult", "Records", "run_stages",
+           "amortized_stage", "psis_stage", "mcmc_stage", "default_stages"]

@@ -2,8 +2,29 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
-from amortflow.mcmc.escalation import EscalationPolicy, default_policy
+from amortflow.errors import ConfigError
+from amortflow.mcmc.escalation import EscalationPolicy
+from amortflow.mcmc.ladder import Ladder, default_ladder
+
+
+def _int_field(name, v, lo, hi=None):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ConfigError(f"WorkflowConfig.{name} must be a whole number, got {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        raise ConfigError(f"WorkflowConfig.{name} must be in [{lo}, {hi if hi is not None else 'inf'}], got {v}")
+
+
+def _float_field(name, v, lo, hi, *, allow_none=False, lo_open=False, hi_open=False):
+    if v is None and allow_none:
+        return
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+        raise ConfigError(f"WorkflowConfig.{name} must be a number, got {v!r}")
+    if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+        raise ConfigError(f"WorkflowConfig.{name} must be in {'(' if lo_open else '['}{lo}, {hi}"
+                          f"{')' if hi_open else ']'}, got {v}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,22 +41,25 @@ class WorkflowConfig:
       psis_on_all: run the PSIS gate on every dataset, not only OOD-flagged ones (the paper's
         recommendation for high-stakes use). PSIS diagnostics are reported for all datasets
         either way; this only changes which datasets must pass them.
-      khat_threshold: Pareto k-hat gate; ``None`` = ``min(1 - 1/log10 S, 0.7)``.
+      khat_threshold: Pareto k-hat gate, at most 1 (``-inf`` sends every dataset on); ``None`` =
+        ``min(1 - 1/log10 S, 0.7)``.
       psis_min_ess: PSIS-accepted datasets also need this importance-sampling ESS (``None``: no
-        ESS gate, as in the paper). k-hat alone admits weight sets whose ESS is a few hundred
-        out of thousands, and on GEV those posteriors were measurably off.
+        ESS gate, as in the paper); in ``[0, num_draws]``. k-hat alone admits weight sets whose
+        ESS is a few hundred out of thousands, and on GEV those posteriors were measurably off.
       psis_resample: how PSIS-accepted datasets get ``num_draws`` equally weighted draws from
         the weighted ones: ``"systematic"`` (with replacement, the lowest-noise unbiased
         scheme), ``"multinomial"`` (with replacement, independent) or ``"without_replacement"``
         (Gumbel top-k). See :func:`amortflow.diagnostics.resample`.
-      mcmc: the escalation policy of stages 3-4 (``None``: ChEES -> longer ChEES -> NUTS with
-        the backend's default profile, ``num_output_draws = num_draws``).
-      mcmc_chunk: datasets handed to the escalation per call; progress is written after each
-        chunk, so an interrupted run loses at most one chunk (256: ~8 s of MEADS on a 2-core
-        CPU; fewer, fuller calls than 128 saved ~2 s of 55 on the GEV benchmark).
-      batch_size: datasets per ``lax.map`` step of the amortized stage (``None``: the
-        estimator's default, :func:`amortflow.estimators.npe.datasets_per_step`: about 2**12
-        draws in flight on CPU so activations stay in cache, 2**19 on accelerators).
+      mcmc: the MCMC ladder of stages 3-4 (``None``: the backend's
+        :func:`amortflow.mcmc.default_policy`: on CPU MEADS -> NUTS -> NUTS retry, on
+        accelerators ChEES 16 x 128 -> ChEES with 3x warmup -> NUTS); it returns ``num_draws``
+        draws per dataset.
+      mcmc_chunk: datasets handed to the ladder per call; progress is written after each chunk,
+        so an interrupted run loses at most one chunk (fewer, fuller calls are cheaper; see
+        benchmarks/README.md).
+      batch_size: datasets per ``lax.map`` step of the amortized and PSIS stages (``None``:
+        :func:`amortflow._backend.datasets_per_step`, cache-sized on CPU, large on
+        accelerators).
     """
 
     num_draws: int = 2000
@@ -46,20 +70,32 @@ class WorkflowConfig:
     khat_threshold: float | None = None
     psis_min_ess: float | None = None
     psis_resample: str = "systematic"
-    mcmc: EscalationPolicy | None = None
+    mcmc: Ladder | EscalationPolicy | None = None
     mcmc_chunk: int = 256
     batch_size: int | None = None
 
     def __post_init__(self):
-        if self.num_draws < 10:
-            raise ValueError(f"num_draws must be at least 10, got {self.num_draws}")
+        _int_field("num_draws", self.num_draws, 10)
         if self.ood_method not in ("mahalanobis", "mmd", None):
-            raise ValueError(f"ood_method must be 'mahalanobis', 'mmd' or None, got {self.ood_method!r}")
+            raise ConfigError(f"WorkflowConfig.ood_method must be 'mahalanobis', 'mmd' or None, got {self.ood_method!r}")
         if self.psis_resample not in ("systematic", "multinomial", "without_replacement"):
-            raise ValueError("psis_resample must be 'systematic', 'multinomial' or 'without_replacement', "
-                             f"got {self.psis_resample!r}")
-        if not 0.0 < self.ood_alpha < 1.0:
-            raise ValueError(f"ood_alpha must be in (0, 1), got {self.ood_alpha}")
+            raise ConfigError("WorkflowConfig.psis_resample must be 'systematic', 'multinomial' or "
+                              f"'without_replacement', got {self.psis_resample!r}")
+        _float_field("ood_alpha", self.ood_alpha, 0.0, 1.0, lo_open=True, hi_open=True)
+        # half the simulations fit the detector, half set its threshold: both need to be many
+        # more than the summary dimension for a stable covariance and a 1 - alpha quantile
+        _int_field("num_ood_simulations", self.num_ood_simulations, 200)
+        if not isinstance(self.psis_on_all, bool):
+            raise ConfigError(f"WorkflowConfig.psis_on_all must be True or False, got {self.psis_on_all!r}")
+        # k-hat >= 1: the importance weights have no finite mean; no gate above that is valid
+        _float_field("khat_threshold", self.khat_threshold, -math.inf, 1.0, allow_none=True)
+        _float_field("psis_min_ess", self.psis_min_ess, 0.0, float(self.num_draws), allow_none=True)
+        if self.mcmc is not None and not isinstance(self.mcmc, (Ladder, EscalationPolicy)):
+            raise ConfigError("WorkflowConfig.mcmc must be an amortflow.mcmc.Ladder (or a legacy "
+                              f"EscalationPolicy) or None, got {type(self.mcmc).__name__}")
+        _int_field("mcmc_chunk", self.mcmc_chunk, 1)
+        if self.batch_size is not None:
+            _int_field("batch_size", self.batch_size, 1)
 
     @classmethod
     def high_stakes(cls, **kw) -> "WorkflowConfig":
@@ -67,20 +103,19 @@ class WorkflowConfig:
         a PSIS ESS of at least 60% of the draws.
 
         Why an ESS gate: k-hat alone admits weight sets whose ESS is a few hundred out of
-        thousands. On the GEV benchmark (1000 datasets, errors against reference NUTS), 17 of
-        431 datasets accepted with a gate of 20% were off by more than 0.1 posterior sd; with
-        50%, 7-9 of ~360 were still off by 4-5.5 Monte-Carlo standard errors (the PSIS ESS
-        overstates the precision of heavy-tailed weights), most with ESS below 60%: a 60% gate
-        cut those to 2-4 (two trained estimators) for ~55 more datasets sent to MCMC (~1 s)."""
+        thousands, and the PSIS ESS overstates the precision of heavy-tailed weights; on the GEV
+        benchmark lower ESS gates let measurably wrong posteriors through (benchmarks/README.md
+        records the sweep)."""
         num_draws = kw.get("num_draws", cls.num_draws)
         return cls(**{"psis_on_all": True, "psis_min_ess": 0.6 * num_draws, **kw})
 
-    def policy(self) -> EscalationPolicy:
-        if self.mcmc is not None:
-            return dataclasses.replace(self.mcmc, num_output_draws=self.num_draws)
-        return default_policy(num_output_draws=self.num_draws)
+    def ladder(self) -> Ladder:
+        """The MCMC ladder of stages 3-4, yielding ``num_draws`` draws per dataset (rungs that
+        would yield fewer sample longer; see :meth:`amortflow.mcmc.Ladder.yielding`)."""
+        base = self.mcmc.ladder if isinstance(self.mcmc, EscalationPolicy) else (self.mcmc or default_ladder())
+        return base.yielding(self.num_draws)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["mcmc"] = repr(self.policy())
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["mcmc"] = repr(self.ladder())
         return d

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-ROUTES = ("amortized", "psis", "mcmc", "nuts", "failed")
+from amortflow.errors import ProgressError
+from amortflow.workflow.pipeline import BUILTIN_ROUTES as ROUTES
+
 FORMAT = "amortflow-workflow-result"
 FORMAT_VERSION = 1
 
@@ -23,7 +25,8 @@ class WorkflowResult:
     """Outcome of :func:`amortflow.run_workflow` for ``K`` datasets.
 
     Attributes:
-      route: ``[K]`` one of ``"amortized" | "psis" | "mcmc" | "nuts" | "failed"``.
+      route: ``[K]`` one of ``"amortized" | "psis" | "mcmc" | "nuts" | "failed"`` (or the route
+        of a custom stage).
       reason: ``[K]`` why a dataset failed or was escalated (empty when accepted at stage 1).
       draws: ``[K, S, d]`` accepted draws in the unconstrained space (NaN rows for failed).
       diagnostics: name -> ``[K]`` array (OOD score/flag, k-hat, PSIS ESS, nested R-hat, ESS,
@@ -49,9 +52,34 @@ class WorkflowResult:
     def num_datasets(self) -> int:
         return int(self.route.shape[0])
 
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """The built-in routes in workflow order, then any custom stage's routes present."""
+        extra = sorted(set(map(str, self.route)) - set(ROUTES))
+        return ROUTES[:-1] + tuple(extra) + ROUTES[-1:]
+
     def route_counts(self) -> dict[str, int]:
         """Datasets per route, in workflow order."""
-        return {r: int((self.route == r).sum()) for r in ROUTES}
+        return {r: int((self.route == r).sum()) for r in self.routes}
+
+    @classmethod
+    def from_records(cls, records, reports: dict, model, config: dict) -> "WorkflowResult":
+        """The result of :func:`~amortflow.workflow.pipeline.run_stages`: per-dataset records
+        plus per-stage reports (times, counts, thresholds, MCMC rung times)."""
+        times, counts, rung_times, thresholds = {}, {}, {}, {}
+        for name, rep in reports.items():
+            for info in rep["info"]:
+                for t_name, t in info.get("times", {name: info.get("wall_time_s", 0.0)}).items():
+                    times[t_name] = times.get(t_name, 0.0) + float(t)
+                    counts[t_name] = rep["num_datasets"]
+                for rung, t in info.get("rung_time_s", {}).items():
+                    rung_times[rung] = rung_times.get(rung, 0.0) + float(t)
+                for rung, c in info.get("rung_accepted", {}).items():
+                    counts[f"{name}:{rung}"] = counts.get(f"{name}:{rung}", 0) + int(c)
+                thresholds.update(info.get("thresholds", {}))
+        return cls(records.route, records.reason, records.draws, records.diagnostics, times, counts,
+                   model.param_names, model.name, config, model, mcmc_stage_time_s=rung_times,
+                   thresholds=thresholds)
 
     @property
     def total_time_s(self) -> float:
@@ -89,20 +117,32 @@ class WorkflowResult:
                 cols[f"{name}_sd"] = v.std(axis=1)
         return pd.DataFrame(cols)
 
-    def summary(self) -> str:
-        """Routing table and stage times as text."""
-        counts = self.route_counts()
-        lines = [f"{self.model_name}: {self.num_datasets} datasets"]
-        for r in ROUTES:
-            lines.append(f"  {r:<10} {counts[r]:>6}  ({100 * counts[r] / max(self.num_datasets, 1):5.1f}%)")
-        lines.append("stage times:")
+    def routing_text(self, title: str | None = None) -> str:
+        """The routing table: datasets (and %) per route."""
+        counts, k = self.route_counts(), max(self.num_datasets, 1)
+        lines = [title or f"{self.model_name}: {self.num_datasets} datasets"]
+        lines += [f"  {r:<10} {n:>6}  ({100 * n / k:5.1f}%)" for r, n in counts.items()]
+        return "\n".join(lines)
+
+    def timing_text(self, training_time_s: float | None = None, training_note: str = "") -> str:
+        """Stage times (datasets processed; MCMC rungs with the datasets they accepted), with
+        the training time and the grand total when ``training_time_s`` is given."""
+        lines = ["stage times:"]
+        if training_time_s is not None:
+            lines.append(f"  {'training':<22} {training_time_s:8.1f} s{training_note}")
         for k, v in self.stage_time_s.items():
             lines.append(f"  {k:<22} {v:8.1f} s  ({self.stage_counts.get(k, 0)} datasets)")
             if k == "mcmc":
                 for st, t in self.mcmc_stage_time_s.items():
                     lines.append(f"    {st:<20} {t:8.1f} s  ({self.stage_counts.get('mcmc:' + st, 0)} accepted)")
-        lines.append(f"  {'total':<22} {self.total_time_s:8.1f} s")
+        lines.append(f"  {'total (workflow)':<22} {self.total_time_s:8.1f} s")
+        if training_time_s is not None:
+            lines.append(f"  {'total (with training)':<22} {self.total_time_s + training_time_s:8.1f} s")
         return "\n".join(lines)
+
+    def summary(self) -> str:
+        """Routing table and stage times as text."""
+        return self.routing_text() + "\n" + self.timing_text()
 
     def inference_data(self, i: int):
         """ArviZ ``InferenceData`` of dataset ``i`` (constrained names; one pooled chain)."""
@@ -161,30 +201,50 @@ class WorkflowResult:
         jf, nf = os.path.join(path, "result.json"), os.path.join(path, "draws.nc")
         for f in (jf, nf):
             if not os.path.isfile(f):
-                raise ValueError(f"{path}: missing {os.path.basename(f)} (not a saved WorkflowResult)")
-        with open(jf) as f:
-            meta = json.load(f)
-        if meta.get("format") != FORMAT or int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise ValueError(f"{jf}: not a readable amortflow workflow result")
-        with xr.open_dataset(nf, engine="h5netcdf") as ds:
-            draws = np.asarray(ds["draws"].values)
+                raise ResultFileError(f"{path}: missing {os.path.basename(f)} (not a saved WorkflowResult)")
+        try:
+            with open(jf) as f:
+                meta = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ResultFileError(f"{jf} is damaged ({e}); re-save the result") from None
+        if (not isinstance(meta, dict) or meta.get("format") != FORMAT
+                or int(meta.get("format_version", 0)) > FORMAT_VERSION):
+            raise ResultFileError(f"{jf}: not a readable amortflow workflow result")
+        missing = {"route", "reason", "diagnostics", "param_names", "model_name", "stage_time_s",
+                   "stage_counts"} - set(meta)
+        if missing:
+            raise ResultFileError(f"{jf}: missing fields {sorted(missing)} (a partial write?); re-save the result")
+        try:
+            with xr.open_dataset(nf, engine="h5netcdf") as ds:
+                draws = np.asarray(ds["draws"].values)
+        except Exception as e:  # h5py/xarray raise many types for a damaged file
+            raise ResultFileError(f"{nf} is damaged ({type(e).__name__}: {e}); re-save the result") from None
+        if model is not None and (model.name != meta["model_name"]
+                                  or tuple(model.param_names) != tuple(meta["param_names"])):
+            raise ResultFileError(
+                f"{path} holds a result of model {meta['model_name']!r} with parameters "
+                f"{tuple(meta['param_names'])}, not of {model.name!r} {tuple(model.param_names)}; "
+                "pass the model the result was computed with")
         k = len(meta["route"])
         if draws.ndim != 3 or draws.shape[0] != k or draws.shape[2] != len(meta["param_names"]):
-            raise ValueError(f"{nf}: draws of shape {draws.shape} do not match {k} datasets and "
+            raise ResultFileError(f"{nf}: draws of shape {draws.shape} do not match {k} datasets and "
                              f"{len(meta['param_names'])} parameters")
-        bad = set(meta["route"]) - set(ROUTES)
-        if bad:
-            raise ValueError(f"{jf}: unknown routes {sorted(bad)}")
+        if len(meta["reason"]) != k or not all(isinstance(r, str) and r for r in meta["route"]):
+            raise ResultFileError(f"{jf}: routes and reasons do not describe {k} datasets")
         diags = {key: np.asarray(v) for key, v in meta["diagnostics"].items()}
         for key, v in diags.items():
-            if v.shape[0] != k:
-                raise ValueError(f"{jf}: diagnostic {key!r} has {v.shape[0]} rows, expected {k}")
+            if v.ndim == 0 or v.shape[0] != k:
+                raise ResultFileError(f"{jf}: diagnostic {key!r} has {v.shape[:1]} rows, expected {k}")
         return cls(route=np.asarray(meta["route"], dtype=object), reason=np.asarray(meta["reason"], dtype=object),
                    draws=draws, diagnostics=diags, stage_time_s=meta["stage_time_s"],
                    stage_counts=meta["stage_counts"], param_names=tuple(meta["param_names"]),
                    model_name=meta["model_name"], config=meta.get("config", {}), model=model,
                    mcmc_stage_time_s=meta.get("mcmc_stage_time_s", {}),
                    thresholds=meta.get("thresholds", {}))
+
+
+class ResultFileError(ProgressError):
+    """A saved :class:`WorkflowResult` that is missing, damaged or of another model."""
 
 
 def _json_default(o):
