@@ -25,4 +25,18 @@ class ProgressError(AmortflowError, ValueError):
     (the message names the file; delete it to recompute that stage)."""
 
 
-__all__ = ["AmortflowError", "ObservationError", "ConfigError", "ProgressError"]
+class CheckpointError(AmortflowError, ValueError):
+    """A saved estimator or training checkpoint that is missing, malformed, damaged (checksum),
+    non-finite, of another model / seed / simulations, or does not match its architecture."""
+
+
+class TrainingDivergedError(AmortflowError, RuntimeError):
+    """The training loss became NaN or infinite (the message names the step)."""
+
+
+class ResultFileError(AmortflowError, ValueError):
+    """A saved :class:`~amortflow.WorkflowResult` that is missing, damaged, partial or of
+    another model than the one passed to ``WorkflowResult.load``."""
+
+
+__all__ = ["CheckpointError", "TrainingDivergedError", "ResultFileError", "AmortflowError", "ObservationError", "ConfigError", "ProgressError"]

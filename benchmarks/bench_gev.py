@@ -9,9 +9,9 @@ What is measured, all in this one run:
   drawn with a fixed seed; ``--num-datasets N`` (and ``--quick``) use the first ``N`` of them,
   so a quick run's datasets are a subset of the full run's.
 * **Training** (wall time incl. simulation): ``af.fit_posterior`` on ``af.models.gev()`` with
-  every setting of ``amortflow.presets.gev_preset()`` (read at run time: whatever the preset
-  holds is passed on; a workflow configuration or escalation policy in the preset is used too,
-  otherwise ``af.WorkflowConfig()``).
+  ``amortflow.presets.gev_preset().fit_kwargs()`` (the preset's one mapping onto
+  ``fit_posterior``); the preset's workflow configuration (or ladder) is used too, otherwise
+  ``af.WorkflowConfig()``.
 * **Workflow** (wall time per stage and total): ``af.run_workflow`` on all test datasets;
   route counts = datasets accepted at each stage.
 * **Baseline A**: numpyro NUTS per dataset (4 chains x 1000 warmup + 1000 draws, sequential
@@ -36,9 +36,7 @@ CSV next to it, and ``benchmarks/README.md`` regenerated from all result files.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
-import inspect
 import os
 import sys
 import time
@@ -134,38 +132,6 @@ def check_numpyro_equivalence(model, ys, key, num_points=8):
             pe = float(potential_energy(numpyro_gev_model, (jnp.asarray(ys[i]),), {}, params))
             diffs.append(abs(pe + ours) / max(1.0, abs(ours)))
     return float(np.max(diffs)) if diffs else float("nan")
-
-
-# ----------------------------------------------------------------------------- preset -> settings
-def fit_kwargs_from_preset(preset) -> tuple[dict, list[str]]:
-    """Map every field of the preset onto ``fit_posterior``'s keyword arguments (by name;
-    ``train`` -> ``train_config``). Returns ``(kwargs, unused field names)``."""
-    params = inspect.signature(af.fit_posterior).parameters
-    alias = {"train": "train_config", "train_cfg": "train_config"}
-    fields = ([f.name for f in dataclasses.fields(preset)] if dataclasses.is_dataclass(preset)
-              else list(vars(preset)))
-    kwargs, unused = {}, []
-    for name in fields:
-        target = alias.get(name, name)
-        if target in params and target not in ("key", "model"):
-            kwargs[target] = getattr(preset, name)
-        else:
-            unused.append(name)
-    return kwargs, unused
-
-
-def workflow_config_from_preset(preset) -> tuple[af.WorkflowConfig, str]:
-    """The preset's workflow configuration if it has one (or an escalation policy), else the
-    defaults ``af.WorkflowConfig()``."""
-    for name in ("workflow", "workflow_config", "config"):
-        v = getattr(preset, name, None)
-        if isinstance(v, af.WorkflowConfig):
-            return v, f"preset.{name}"
-    for name in ("policy", "mcmc", "escalation"):
-        v = getattr(preset, name, None)
-        if isinstance(v, mcmc.EscalationPolicy):
-            return af.WorkflowConfig(mcmc=v), f"WorkflowConfig(mcmc=preset.{name})"
-    return af.WorkflowConfig(), "WorkflowConfig() defaults"
 
 
 # ----------------------------------------------------------------------------- NUTS runs
@@ -353,10 +319,9 @@ def main():
     from amortflow.presets import gev_preset
 
     preset = gev_preset(quick=True) if args.quick else gev_preset()
-    fit_kwargs, unused = fit_kwargs_from_preset(preset)
-    cfg, cfg_source = workflow_config_from_preset(preset)
-    log(f"training: fit_posterior with preset fields {sorted(fit_kwargs)}"
-        + (f" (not passed: {unused})" if unused else ""))
+    fit_kwargs = preset.fit_kwargs()
+    cfg, cfg_source = preset.workflow, "preset.workflow"
+    log(f"training: fit_posterior with preset.fit_kwargs() {sorted(fit_kwargs)}")
     t0 = time.perf_counter()
     if args.estimator:
         if args.name in (None, "gev", "gev_quick"):
@@ -370,7 +335,7 @@ def main():
         t_train = time.perf_counter() - t0
         log(f"training: {t_train:.1f} s")
     result["training"] = {"wall_s": t_train, "num_simulations": getattr(preset, "num_simulations", None),
-                          "preset": repr(preset), "fit_kwargs": sorted(fit_kwargs), "preset_fields_unused": unused,
+                          "preset": repr(preset), "fit_kwargs": sorted(fit_kwargs),
                           "loaded_estimator": args.estimator}
 
     # ---- the workflow

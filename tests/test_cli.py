@@ -45,7 +45,7 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     # a re-run reuses the estimator and every stage already written (no retraining, same routes)
     progress = out / "workflow" / "progress"
     stamps = {f: (progress / f).stat().st_mtime_ns for f in os.listdir(progress) if f.endswith(".npz")}
-    assert {"stage1.npz", "stage2.npz"} <= set(stamps)
+    assert {"amortized.npz", "psis.npz"} <= set(stamps)
     assert cli.main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
     text2 = capsys.readouterr().out
     assert "reusing the trained estimator" in text2

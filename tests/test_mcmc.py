@@ -285,7 +285,14 @@ def test_cpu_default_ladder():
     assert pol.ladder == lad and pol.num_output_draws == 2000 and mcmc.as_ladder(pol) == lad
     assert dataclasses.replace(pol, num_output_draws=300).ladder == lad
     with pytest.raises(ValueError, match="num_output_draws"):
-        default_policy(10**6)
+        lad.check_num_draws(10**4)
+    # asking for more draws than a rung yields lengthens its sampling (same chains), never
+    # shortens it: the ladder delivers what was asked for
+    big = lad.yielding(10**4)
+    assert all(r.sampler.num_draws >= 10**4 for r in big.rungs)
+    assert [r.sampler.num_chains for r in big.rungs] == [r.sampler.num_chains for r in lad.rungs]
+    assert lad.yielding(10) == lad and default_policy(10**4).ladder == big
+    big.check_num_draws(10**4)
     with pytest.raises(ValueError, match="unique"):
         Ladder((Rung("a", NUTS), Rung("a", NUTS)))
     with pytest.raises(TypeError):

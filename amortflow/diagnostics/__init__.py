@@ -1,30 +1,25 @@
 """Diagnostics: PSIS, convergence (R-hat, nested R-hat, ESS), OOD scores, SBC, accuracy metrics."""
-from amortflow.diagnostics.convergence import nested_rhat
-
-__all__ = ["nested_rhat"]
-
-# --- issue 3: diagnostics in JAX -------------------------------------------------------------
-from amortflow.diagnostics.accuracy import (  # noqa: E402
+from amortflow.diagnostics.accuracy import (
     ACCURACY_KEYS, accuracy_noise_floor, c2st_knn, posterior_accuracy, wasserstein_1d,
 )
-from amortflow.diagnostics.convergence import (  # noqa: E402
-    ess_basic, ess_bulk, ess_tail, nested_rhat_reference, rank_normalize, rhat, split_chains,
+from amortflow.diagnostics.convergence import (
+    ess_basic, ess_bulk, ess_tail, nested_rhat, nested_rhat_reference, rank_normalize, rhat, split_chains,
     split_rhat,
 )
-from amortflow.diagnostics.ood import (  # noqa: E402
+from amortflow.diagnostics.ood import (
     MahalanobisOOD, MMDOOD, empirical_threshold, fit_mahalanobis, fit_mmd_ood,
     ledoit_wolf_shrinkage, mahalanobis_score, mmd_score,
 )
-from amortflow.diagnostics.psis import (  # noqa: E402
+from amortflow.diagnostics.psis import (
     PSISResult, gpd_fit, psis, psis_khat_threshold, psis_tail_length, resample,
 )
-from amortflow.diagnostics.sbc import (  # noqa: E402
+from amortflow.diagnostics.sbc import (
     CoverageCurve, SBCBands, SBCResult, coverage_curve, run_sbc, sbc_ecdf_bands, sbc_ecdf_diff,
     sbc_ecdf_test, sbc_ranks, sbc_uniformity_test,
 )
 
-__all__ += [
-    "PSISResult", "psis", "psis_khat_threshold", "psis_tail_length", "resample", "gpd_fit",
+__all__ = [
+    "nested_rhat", "PSISResult", "psis", "psis_khat_threshold", "psis_tail_length", "resample", "gpd_fit",
     "rhat", "split_rhat", "ess_bulk", "ess_tail", "ess_basic", "split_chains", "rank_normalize",
     "nested_rhat_reference",
     "MahalanobisOOD", "fit_mahalanobis", "mahalanobis_score", "MMDOOD", "fit_mmd_ood", "mmd_score",

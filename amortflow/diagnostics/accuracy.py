@@ -39,7 +39,8 @@ __all__ = ["posterior_accuracy", "accuracy_noise_floor", "c2st_knn", "wasserstei
 ACCURACY_KEYS = ("mean_error_std", "sd_ratio", "mmd2", "energy", "wasserstein", "tv", "marginal_tv")
 
 
-def _sqdist(a, b):
+def pairwise_sqdist(a, b):
+    """``|a_i - b_j|^2`` for ``a [S, d]``, ``b [R, d]`` -> ``[S, R]`` (matmul form, >= 0)."""
     d2 = jnp.sum(a**2, -1)[:, None] + jnp.sum(b**2, -1)[None, :] - 2.0 * a @ b.T
     return jnp.maximum(d2, 0.0)
 
@@ -51,7 +52,7 @@ def _kernel_sums(a, b, gam):
     coordinate-wise form for d = 3 at batch size 1-2). Rounding leaves ~1e-7 relative error on the
     diagonal of ``a = b``, negligible next to the Monte-Carlo noise floor.
     """
-    d2 = _sqdist(a, b)
+    d2 = pairwise_sqdist(a, b)
     return jnp.sum(jnp.exp(-gam * d2)), jnp.sum(jnp.sqrt(d2))
 
 
@@ -205,7 +206,7 @@ def c2st_knn(draws, reference, k: int = 5):
     s = draws.shape[0]
     n = z.shape[0]
     labels = jnp.arange(n) < s
-    d2 = _sqdist(z, z) + jnp.where(jnp.eye(n, dtype=bool), jnp.inf, 0.0)
+    d2 = pairwise_sqdist(z, z) + jnp.where(jnp.eye(n, dtype=bool), jnp.inf, 0.0)
     _, nn = jax.lax.top_k(-d2, k)
     votes = labels[nn].sum(axis=1)
     pred = votes * 2 > k

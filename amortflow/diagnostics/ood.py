@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg  # noqa: F401  (solve_triangular)
 
+from amortflow.diagnostics.accuracy import pairwise_sqdist
+
 Array = jax.Array
 
 __all__ = [
@@ -139,14 +141,9 @@ class MMDOOD(NamedTuple):
     heldout_scores: Array
 
 
-def _sqdist(a, b):
-    d2 = jnp.sum(a**2, -1)[:, None] + jnp.sum(b**2, -1)[None, :] - 2.0 * a @ b.T
-    return jnp.maximum(d2, 0.0)
-
-
 def _mmd_point(ref, ref_term, h, z):
     """MMD^2 between the point mass at ``z [K, p]`` and the reference sample: ``[K]``."""
-    kzr = jnp.exp(-_sqdist(z, ref) / (2.0 * h**2)).mean(axis=1)
+    kzr = jnp.exp(-pairwise_sqdist(z, ref) / (2.0 * h**2)).mean(axis=1)
     return 1.0 - 2.0 * kzr + ref_term
 
 
@@ -175,7 +172,7 @@ def fit_mmd_ood(key, train_summaries, heldout_summaries, alpha: float = 0.05,
         idx = jax.random.choice(key, n, (num_reference,), replace=False)
         x = x[idx]
     ref = (x - loc) / scale
-    d2 = _sqdist(ref, ref)
+    d2 = pairwise_sqdist(ref, ref)
     r = ref.shape[0]
     if bandwidth is None:
         off = d2[jnp.triu_indices(r, 1)]

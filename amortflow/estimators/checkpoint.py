@@ -33,8 +33,7 @@ ARRAYS_FILE = "arrays.msgpack"
 _LOADERS: dict[str, Callable[[dict, dict, str], Any]] = {}
 
 
-class CheckpointError(ValueError):
-    """A saved estimator is missing, malformed, damaged, or does not match its architecture."""
+from amortflow.errors import CheckpointError  # noqa: E402  (defined with the other errors)
 
 
 def register_estimator_kind(kind: str, loader: Callable[[dict, dict, str], Any]) -> None:

@@ -1,7 +1,7 @@
 """Generic training loop: Optax, training steps fused in ``lax.scan``, validation, best-parameter
 tracking, NaN detection, a progress bar and resumable checkpoints.
 
-Every estimator (NPE, point/quantile estimators, NLE, NRE) supplies
+An estimator (today NPE) supplies
 
 - ``loss_fn(params, batch, key) -> scalar``      (pure, jit-able)
 - ``batch_fn(data, key) -> batch``                (draws one minibatch: from a simulation bank
@@ -25,8 +25,7 @@ import optax
 from flax import serialization
 
 
-class TrainingDivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+from amortflow.errors import TrainingDivergedError  # noqa: E402  (defined with the other errors)
 
 
 @dataclasses.dataclass(frozen=True)

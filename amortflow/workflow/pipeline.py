@@ -16,7 +16,6 @@ other stage changes. Hand-on arrays are looked up by name (``"draws"``, ``"log_q
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 import zipfile
@@ -25,6 +24,7 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
+from amortflow._files import read_json, write_json as _write_json
 from amortflow.errors import ProgressError
 from amortflow.models.observation import Observation, take
 
@@ -213,25 +213,9 @@ class ProgressStore:
         os.replace(tmp, os.path.join(self.dir, f"{name}.npz"))
 
 
-def _write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f)
-    os.replace(path + ".tmp", path)
-
-
 def _read_json(path) -> dict:
-    try:
-        with open(path) as f:
-            out = json.load(f)
-    except FileNotFoundError:
-        raise ProgressError(f"{path} is missing; delete the progress folder's files of this "
-                            "stage (or the whole progress/ folder) to recompute it") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProgressError(f"{path} is damaged ({e}); delete it and the .npz of the same name "
-                            "to recompute that stage") from None
-    if not isinstance(out, dict):
-        raise ProgressError(f"{path} is not a progress file; delete it to recompute that stage")
-    return out
+    return read_json(path, ProgressError, "delete it and the .npz of the same name (or the whole "
+                     "progress/ folder) to recompute that stage")
 
 
 def _pack(res: StageResult) -> tuple[dict, dict]:

@@ -7,13 +7,13 @@ pyarrow is installed), ``result.json`` (routes, reasons, stage costs, configurat
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 import numpy as np
 
-from amortflow.errors import ProgressError
+from amortflow._files import read_json, write_json
+from amortflow.errors import ResultFileError
 from amortflow.workflow.pipeline import BUILTIN_ROUTES as ROUTES
 
 FORMAT = "amortflow-workflow-result"
@@ -190,8 +190,7 @@ class WorkflowResult:
             "mcmc_stage_time_s": self.mcmc_stage_time_s, "thresholds": self.thresholds,
             "config": self.config,
         }
-        with open(os.path.join(path, "result.json"), "w") as f:
-            json.dump(meta, f, default=_json_default)
+        write_json(os.path.join(path, "result.json"), meta, default=_json_default)
 
     @classmethod
     def load(cls, path, model=None) -> "WorkflowResult":
@@ -202,12 +201,8 @@ class WorkflowResult:
         for f in (jf, nf):
             if not os.path.isfile(f):
                 raise ResultFileError(f"{path}: missing {os.path.basename(f)} (not a saved WorkflowResult)")
-        try:
-            with open(jf) as f:
-                meta = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ResultFileError(f"{jf} is damaged ({e}); re-save the result") from None
-        if (not isinstance(meta, dict) or meta.get("format") != FORMAT
+        meta = read_json(jf, ResultFileError, "re-save the result")
+        if (meta.get("format") != FORMAT
                 or int(meta.get("format_version", 0)) > FORMAT_VERSION):
             raise ResultFileError(f"{jf}: not a readable amortflow workflow result")
         missing = {"route", "reason", "diagnostics", "param_names", "model_name", "stage_time_s",
@@ -241,10 +236,6 @@ class WorkflowResult:
                    model_name=meta["model_name"], config=meta.get("config", {}), model=model,
                    mcmc_stage_time_s=meta.get("mcmc_stage_time_s", {}),
                    thresholds=meta.get("thresholds", {}))
-
-
-class ResultFileError(ProgressError):
-    """A saved :class:`WorkflowResult` that is missing, damaged or of another model."""
 
 
 def _json_default(o):

@@ -1,0 +1,143 @@
+"""The seams of the workflow: the observation pytree (beta through every stage), Stage values
+(insert / replace a stage), the estimator protocol (every registered kind, and an estimator
+without a density), on the conjugate Gaussian model whose (tempered) posterior is analytic."""
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import amortflow as af
+from amortflow import mcmc
+from amortflow.estimators import Estimator
+from amortflow.estimators.checkpoint import registered_kinds
+from amortflow.workflow import Stage, StageResult, amortized_stage, default_stages, mcmc_stage
+from amortflow.workflow.pipeline import OPEN
+
+S = 400
+LADDER = mcmc.Ladder((mcmc.Rung("chees", mcmc.chees.cpu_profile(
+    num_superchains=4, chains_per_superchain=8, num_warmup=150, num_samples=64)),),
+    bucket_size=4, num_prior_draws=256)
+
+
+@pytest.fixture(scope="module")
+def data(gaussian_model):
+    _, ys = gaussian_model.sample_prior_predictive(jax.random.PRNGKey(11), 6)
+    return np.asarray(ys)
+
+
+def _check_tempered(model, ys, draws, beta, rows, tol=0.35):
+    mean, sd = af.models.gaussian_mean_posterior(model, ys[rows], beta=beta[rows, None])
+    d = draws[rows]
+    z = (d.mean(1) - np.asarray(mean)) / np.asarray(sd)
+    ratio = d.std(1) / np.asarray(sd)
+    assert np.abs(z).max() < tol, z
+    assert np.abs(ratio - 1).max() < 0.2, ratio
+
+
+@pytest.mark.parametrize("route, cfg", [
+    ("psis", dict(psis_on_all=True, khat_threshold=0.7)),
+    ("mcmc", dict(psis_on_all=True, khat_threshold=-np.inf)),
+])
+def test_tempered_workflow_matches_power_posterior(gaussian_model, gaussian_estimator, data, route, cfg):
+    """beta in the observation: PSIS reweights to the tempered target and MCMC samples it (the
+    estimator is q(theta | y) at beta = 1, wider than the beta = 0.5 posterior's tails need)."""
+    beta = np.array([0.5, 0.5, 0.5, 1.0, 0.7, 0.5])
+    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, mcmc=LADDER, **cfg)
+    res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, gaussian_estimator, data, config,
+                          beta=beta, progress=False)
+    rows = np.nonzero(res.route == route)[0]
+    assert rows.size >= 4, (res.route, res.reason)
+    _check_tempered(gaussian_model, data, res.draws, beta, rows)
+    np.testing.assert_allclose(res.table().beta, beta, rtol=1e-6)  # beta is float32 in the pytree
+    # the tempered answer is not the beta = 1 answer: sds are wider by about 1/sqrt(beta)
+    half = rows[beta[rows] == 0.5]
+    _, sd1 = af.models.gaussian_mean_posterior(gaussian_model, data[half])
+    assert (res.draws[half].std(1) / np.asarray(sd1)).mean() > 1.2  # sqrt(11 / 6) = 1.35
+
+
+def test_observation_carries_beta_and_bad_beta_fails_alone(gaussian_model, gaussian_estimator, data):
+    obs = af.observe(data, beta=np.array([1.0, 0.0, 1.0, np.nan, 1.0, 2.0]))
+    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
+    res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, gaussian_estimator, obs, config, progress=False)
+    assert list(res.route[[1, 3]]) == ["failed", "failed"]
+    assert all("beta" in r for r in res.reason[[1, 3]])
+    assert (res.route[[0, 2, 4, 5]] != "failed").all()
+
+
+def test_inserted_stage_decides_its_datasets_and_leaves_the_rest(gaussian_model, gaussian_estimator, data):
+    """A user stage between stage 1 and PSIS: it claims datasets 0 and 1 with a route of its own
+    and exact draws; the others continue exactly as without it."""
+    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, psis_on_all=True,
+                               khat_threshold=0.7, mcmc=LADDER)
+
+    def exact(key, inp):
+        mean, sd = af.models.gaussian_mean_posterior(gaussian_model, inp.obs.y)
+        z = np.asarray(jax.random.normal(key, (inp.index.size, S, 2)))
+        draws = np.asarray(mean)[:, None] + np.asarray(sd)[:, None] * z
+        route = np.where(inp.index < 2, "analytic", OPEN).astype(object)
+        return StageResult(route, np.full(inp.index.size, "", object), draws=draws.astype(np.float32),
+                           diagnostics={"analytic": inp.index < 2})
+
+    base = default_stages(gaussian_model, gaussian_estimator, config, progress=False)
+    stages = (base[0], Stage("analytic", exact, salt=99, columns={"analytic": np.bool_}), *base[1:])
+    key = jax.random.PRNGKey(3)
+    plain = af.run_workflow(key, gaussian_model, gaussian_estimator, data, config, progress=False)
+    res = af.run_workflow(key, gaussian_model, gaussian_estimator, data, config, stages=stages,
+                          progress=False)
+    assert list(res.route[:2]) == ["analytic", "analytic"]
+    assert res.route_counts()["analytic"] == 2 and "analytic" in res.summary()
+    assert res.table().analytic.tolist() == [True, True, False, False, False, False]
+    # PSIS resampling keys are per stage call: compare the datasets' diagnostics, not their draws
+    np.testing.assert_array_equal(res.diagnostics["khat"], plain.diagnostics["khat"])
+    assert list(res.route[2:]) == list(plain.route[2:])
+    _check_tempered(gaussian_model, data, res.draws, np.ones(6), np.arange(2))
+
+
+@dataclasses.dataclass(frozen=True)
+class _SamplingOnly:
+    """An estimator with draws but no density (as a point or likelihood-based estimator would
+    be): the workflow skips PSIS and sends every dataset to MCMC."""
+
+    inner: object
+    kind = "sampling_only"
+    has_log_prob = False
+
+    def __getattr__(self, name):
+        if name in ("sample_and_log_prob", "log_prob"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def sample_and_log_prob(self, *a, **k):
+        raise NotImplementedError("no density")
+
+    def log_prob(self, *a, **k):
+        raise NotImplementedError("no density")
+
+
+def test_estimator_without_density_goes_to_mcmc(gaussian_model, gaussian_estimator, data):
+    est = _SamplingOnly(gaussian_estimator)
+    assert isinstance(est, Estimator) and not est.has_log_prob
+    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
+    stages = default_stages(gaussian_model, est, config, progress=False)
+    assert [s.name for s in stages] == ["amortized", "mcmc"]
+    res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, est, data, config, progress=False)
+    assert (res.route == "mcmc").sum() >= 5 and np.isnan(res.diagnostics["khat"]).all()
+    _check_tempered(gaussian_model, data, res.draws, np.ones(6), np.nonzero(res.route == "mcmc")[0])
+
+
+@pytest.mark.parametrize("kind", registered_kinds())
+def test_every_estimator_kind_runs_through_the_workflow(kind, tmp_path, gaussian_model, gaussian_estimator, data):
+    """Contract: an estimator of each registered kind, saved and loaded, drives run_workflow."""
+    builders = {"npe": lambda: gaussian_estimator}
+    assert kind in builders, f"add a small {kind!r} estimator to this contract test"
+    builders[kind]().save(tmp_path / "est")
+    est = af.load_estimator(tmp_path / "est")
+    assert est.kind == kind and isinstance(est, Estimator)
+    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
+    stages = (amortized_stage(gaussian_model, est, num_draws=S, num_ood_simulations=1000,
+                              accept_in_distribution=False),
+              mcmc_stage(gaussian_model, config.ladder(), num_output_draws=S, progress=False))
+    res = af.run_workflow(jax.random.PRNGKey(4), gaussian_model, est, data[:4], config, stages=stages,
+                          progress=False)
+    assert set(res.route) <= {"mcmc", "failed"} and (res.route == "mcmc").sum() >= 3
