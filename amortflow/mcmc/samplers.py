@@ -54,9 +54,18 @@ def _pooled_output(key, chains, num_output_draws):
     return pooled[idx]
 
 
-def _finish(key, chains, num_superchains, num_output_draws, **stats) -> SamplerStats:
-    """Common tail: diagnostics and pooled draws from ``chains [C, N, d]``."""
+def _finish(key, chains, num_superchains, num_output_draws, info, warm_info, *, step_size,
+            mean_num_steps, num_grad_evals, max_tree_depth=None) -> SamplerStats:
+    """Common tail: diagnostics and pooled draws from ``chains [C, N, d]``; divergences and
+    acceptance from the sampling (``info``) and warmup (``warm_info``) transition infos."""
     return SamplerStats(
+        divergences=jnp.sum(info.is_divergent),
+        warmup_divergences=jnp.sum(warm_info.is_divergent),
+        step_size=jnp.asarray(step_size, jnp.float32),
+        mean_num_steps=jnp.asarray(mean_num_steps, jnp.float32),
+        max_tree_depth=jnp.zeros((), jnp.int32) if max_tree_depth is None else max_tree_depth.astype(jnp.int32),
+        accept_rate=jnp.mean(info.acceptance_rate),
+        num_grad_evals=jnp.asarray(num_grad_evals).astype(jnp.int32),
         draws=_pooled_output(key, chains, num_output_draws),
         nested_rhat=diagnostics.nested_rhat(chains, num_superchains),
         rhat=diagnostics.rhat(chains),
@@ -64,7 +73,6 @@ def _finish(key, chains, num_superchains, num_output_draws, **stats) -> SamplerS
         ess_tail=diagnostics.ess_tail(chains),
         all_finite=jnp.all(jnp.isfinite(chains)),
         converged=jnp.zeros((), bool),  # the gate is applied on the host, per run
-        **stats,
     )
 
 
@@ -102,13 +110,16 @@ def _vmapped_step(kernel, c):
 # --------------------------------------------------------------------------- per-dataset kernels
 
 
+def _ensemble_setup(key, obs, model: Model, config):
+    """``(config, num_chains, logdensity, (k_warm, k_samp, k_out))`` of an ensemble sampler."""
+    return (config, config.num_chains, lambda theta: model.log_density_obs(theta, obs),
+            jax.random.split(key, 3))
+
+
 def chees_one(key, obs, init, *, model: Model, config: CheesConfig,
               num_output_draws: int | None = None) -> SamplerStats:
     """ChEES-HMC warmup + sampling for one dataset (``obs`` one Observation, ``init [C0, d]``)."""
-    logdensity = lambda theta: model.log_density_obs(theta, obs)  # noqa: E731
-    cfg = config
-    c = cfg.num_chains
-    k_warm, k_samp, k_out = jax.random.split(key, 3)
+    cfg, c, logdensity, (k_warm, k_samp, k_out) = _ensemble_setup(key, obs, model, config)
     warmup = blackjax.chees_adaptation(
         logdensity, c,
         target_acceptance_rate=cfg.target_acceptance_rate,
@@ -127,16 +138,9 @@ def chees_one(key, obs, init, *, model: Model, config: CheesConfig,
     chains = jnp.swapaxes(pos, 0, 1)  # [C, N, d]
     grads = (jnp.sum(winfo.info.num_integration_steps) + jnp.sum(info.num_integration_steps)
              + c)
-    return _finish(
-        k_out, chains, cfg.num_superchains, num_output_draws,
-        divergences=jnp.sum(info.is_divergent),
-        warmup_divergences=jnp.sum(winfo.info.is_divergent),
-        step_size=jnp.asarray(params["step_size"], jnp.float32),
-        mean_num_steps=jnp.mean(info.num_integration_steps.astype(jnp.float32)),
-        max_tree_depth=jnp.zeros((), jnp.int32),
-        accept_rate=jnp.mean(info.acceptance_rate),
-        num_grad_evals=grads.astype(jnp.int32),
-    )
+    return _finish(k_out, chains, cfg.num_superchains, num_output_draws, info, winfo.info,
+                   step_size=params["step_size"], num_grad_evals=grads,
+                   mean_num_steps=jnp.mean(info.num_integration_steps.astype(jnp.float32)))
 
 
 def _meads_chain_origin(key, num_chains, num_folds, num_steps):
@@ -160,14 +164,10 @@ def _meads_chain_origin(key, num_chains, num_folds, num_steps):
     return origin
 
 
-
 def meads_one(key, obs, init, *, model: Model, config: MeadsConfig,
               num_output_draws: int | None = None) -> SamplerStats:
     """MEADS warmup + generalized-HMC sampling for one dataset (``init [C0, d]``)."""
-    logdensity = lambda theta: model.log_density_obs(theta, obs)  # noqa: E731
-    cfg = config
-    c = cfg.num_chains
-    k_warm, k_samp, k_out = jax.random.split(key, 3)
+    cfg, c, logdensity, (k_warm, k_samp, k_out) = _ensemble_setup(key, obs, model, config)
     warmup = blackjax.meads_adaptation(
         logdensity, c, num_folds=cfg.num_folds,
         step_size_multiplier=cfg.step_size_multiplier,
@@ -190,16 +190,8 @@ def meads_one(key, obs, init, *, model: Model, config: MeadsConfig,
     # one leapfrog step per GHMC transition; during warmup one fold in num_folds is frozen
     active_warm = c - (c // cfg.num_folds if cfg.num_folds > 1 else 0)
     grads = c + cfg.num_warmup * active_warm + cfg.num_samples * cfg.thin * c
-    return _finish(
-        k_out, chains, cfg.num_superchains, num_output_draws,
-        divergences=jnp.sum(info.is_divergent),
-        warmup_divergences=jnp.sum(winfo.info.is_divergent),
-        step_size=jnp.asarray(params["step_size"], jnp.float32),
-        mean_num_steps=jnp.ones((), jnp.float32),
-        max_tree_depth=jnp.zeros((), jnp.int32),
-        accept_rate=jnp.mean(info.acceptance_rate),
-        num_grad_evals=jnp.asarray(grads, jnp.int32),
-    )
+    return _finish(k_out, chains, cfg.num_superchains, num_output_draws, info, winfo.info,
+                   step_size=params["step_size"], mean_num_steps=1.0, num_grad_evals=grads)
 
 
 def nuts_one(key, obs, init, *, model: Model, config: NutsConfig,
@@ -227,16 +219,10 @@ def nuts_one(key, obs, init, *, model: Model, config: NutsConfig,
         jax.random.split(k_chains, cfg.num_chains), init)
     grads = (jnp.sum(winfo.num_integration_steps) + jnp.sum(info.num_integration_steps)
              + cfg.num_chains)
-    return _finish(
-        k_out, pos, cfg.num_chains, num_output_draws,
-        divergences=jnp.sum(info.is_divergent),
-        warmup_divergences=jnp.sum(winfo.is_divergent),
-        step_size=jnp.mean(step_size).astype(jnp.float32),
-        mean_num_steps=jnp.mean(info.num_integration_steps.astype(jnp.float32)),
-        max_tree_depth=jnp.max(info.num_trajectory_expansions).astype(jnp.int32),
-        accept_rate=jnp.mean(info.acceptance_rate),
-        num_grad_evals=grads.astype(jnp.int32),
-    )
+    return _finish(k_out, pos, cfg.num_chains, num_output_draws, info, winfo,
+                   step_size=jnp.mean(step_size), num_grad_evals=grads,
+                   mean_num_steps=jnp.mean(info.num_integration_steps.astype(jnp.float32)),
+                   max_tree_depth=jnp.max(info.num_trajectory_expansions))
 
 
 # --------------------------------------------------------------------------- samplers as values

@@ -344,19 +344,8 @@ def make_model(
         def constrain(theta):
             return {n: theta[i] for i, n in enumerate(param_names)}
 
-    model = Model(
-        name=name,
-        param_names=param_names,
-        obs_shape=obs_shape,
-        obs_kind=obs_kind,
-        prior_sampler=sample_prior,
-        simulator=simulate,
-        log_prior_fn=log_prior,
-        log_likelihood_fn=log_likelihood,
-        constrain_fn=constrain,
-        info=dict(info or {}),
-        design_shape=design_shape,
-    )
+    model = Model(name, param_names, obs_shape, obs_kind, sample_prior, simulate, log_prior,
+                  log_likelihood, constrain, dict(info or {}), design_shape)
     probe = jax.eval_shape(lambda k: model.sample_prior(k, 2), jax.random.PRNGKey(0))
     if tuple(probe.shape) != (2, len(param_names)):
         raise ValueError(
