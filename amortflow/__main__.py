@@ -1,6 +1,4 @@
 """``python -m amortflow``: the command line (see :mod:`amortflow.cli`)."""
-import sys
+from amortflow.cli import console
 
-from amortflow.cli import main
-
-sys.exit(main())
+console()

@@ -214,12 +214,24 @@ def load_datasets(path: str, model) -> np.ndarray:
     return np.asarray(arr, np.float32)
 
 
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+        return True
+    except ValueError:
+        return False
+
+
 def _read_csv(path: str) -> np.ndarray:
+    """Rows of numbers; a first line with any field that is not a number is a header."""
     with open(path) as f:
-        first = f.readline().lower()
-    has_header = any(c.isalpha() and c != "e" for c in first.replace("nan", "").replace("inf", ""))
-    arr = np.loadtxt(path, delimiter=",", skiprows=1 if has_header else 0, dtype=np.float64, ndmin=2)
-    return arr
+        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    if not lines:
+        raise CLIError(f"{path}: the file is empty (no datasets)")
+    has_header = not all(_is_number(v) for v in lines[0].split(","))
+    if has_header and len(lines) == 1:
+        raise CLIError(f"{path}: only a header line, no datasets")
+    return np.loadtxt(path, delimiter=",", skiprows=1 if has_header else 0, dtype=np.float64, ndmin=2)
 
 
 # ----------------------------------------------------------------------------- workflow settings
@@ -297,6 +309,9 @@ def write_outputs(result, out: str, *, truth: dict | None = None, estimator=None
 
 # ----------------------------------------------------------------------------- subcommands
 def cmd_train(args) -> int:
+    if os.path.exists(os.path.join(args.out, "estimator.json")) and not args.overwrite:
+        raise CLIError(f"{args.out} already holds an estimator; pass --overwrite to replace it, "
+                       "or choose another --out")
     model = make_cli_model(args.model)
     settings = training_settings(args.model, args.quick, args.simulations, args.steps)
     est, seconds = train_estimator(model, settings, args.seed, args.out, progress=not args.no_progress)
@@ -412,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: preset)")
     t.add_argument("--quick", action="store_true", help="the preset's small quick budget")
     t.add_argument("--out", required=True, help="directory for the estimator (JSON + msgpack)")
+    t.add_argument("--overwrite", action="store_true", help="replace an estimator already in --out")
     common(t)
     t.set_defaults(func=cmd_train)
 
@@ -443,14 +459,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    """Entry point of the ``amortflow`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    from amortflow.estimators import CheckpointError, TrainingDivergedError
-    from amortflow.models import ObservationError
+def console() -> None:
+    """The ``amortflow`` console script and ``python -m amortflow``: :func:`main`, then exit.
 
-    expected = (CLIError, ObservationError, CheckpointError, TrainingDivergedError, ValueError,
-                FileNotFoundError, PermissionError)
+    After Ctrl-C the process leaves with status 130 through ``os._exit``: tearing the
+    interpreter down while XLA's worker threads are still running crashed it (SIGSEGV)."""
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(status)
+
+
+def main(argv=None) -> int:
+    """Entry point of the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from amortflow.errors import AmortflowError
+
+    expected = (CLIError, AmortflowError, ValueError, FileNotFoundError, PermissionError)
     try:
         return int(args.func(args) or 0)
     except expected as e:
@@ -464,4 +491,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

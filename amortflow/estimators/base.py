@@ -35,11 +35,13 @@ class Estimator(Protocol):
     model_name: str
     has_log_prob: bool
 
-    def sample_and_log_prob(self, key, obs, num_draws: int, *, batch_size: int | None = None):
-        """``(draws [K, S, d], log_q [K, S])``; only when ``has_log_prob``."""
+    def sample_and_log_prob(self, key, obs, num_draws: int, *, batch_size: int | None = None,
+                            dataset_ids=None):
+        """``(draws [K, S, d], log_q [K, S])``; only when ``has_log_prob``. With ``dataset_ids
+        [K]`` dataset ``i`` draws with ``fold_in(key, ids[i])`` (independent of the others)."""
 
-    def sample(self, key, obs, num_draws: int, *, batch_size: int | None = None):
-        """``draws [K, S, d]``."""
+    def sample(self, key, obs, num_draws: int, *, batch_size: int | None = None, dataset_ids=None):
+        """``draws [K, S, d]`` (``dataset_ids`` as in :meth:`sample_and_log_prob`)."""
 
     def log_prob(self, theta, obs):
         """``log q(theta | obs)``: ``theta [K, S, d]`` -> ``[K, S]`` (see the implementation)."""

@@ -6,6 +6,8 @@ Shapes: ``d`` parameters, ``K`` datasets, ``S`` draws per dataset, ``c`` summary
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import numbers
 from functools import partial
 from typing import Any
 
@@ -24,6 +26,7 @@ from amortflow.estimators.data import (  # noqa: F401  (Standardization etc. re-
     split_bank,
 )
 from amortflow.estimators.training import TrainConfig, TrainResult, train
+from amortflow.errors import ConfigError
 from amortflow.models.base import Model, ObservationError, check_observation_batch
 from amortflow.models.observation import Observation
 from amortflow.nets.flows import ConditionalFlow
@@ -96,6 +99,17 @@ def npe_loss(spec: NPESpec, params, std: Standardization, batch, key=None):
     conditions = batch[2] if len(batch) > 2 else None
     ctx = context(spec, params, std, ys, conditions)
     return -jnp.mean(log_prob_from_context(spec, params, std, theta, ctx))
+
+
+def dataset_keys(key, k: int, dataset_ids=None):
+    """``[k]`` per-dataset keys: ``fold_in(key, id)`` for each of ``dataset_ids``, else
+    ``split(key, k)``."""
+    if dataset_ids is None:
+        return jax.random.split(key, k)
+    ids = jnp.asarray(dataset_ids, jnp.uint32)
+    if ids.shape != (k,):
+        raise ValueError(f"dataset_ids must have one id per dataset ({k}), got shape {ids.shape}")
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
 
 
 @partial(jax.jit, static_argnames=("spec", "num_draws", "batch_size", "num_devices"))
@@ -238,7 +252,8 @@ class PosteriorEstimator:
         ys, beta, design, single = _datasets(self.spec, obs, f"estimator for {self.model_name!r}")
         return ys, _extra_inputs(self.spec, ys.shape[0], beta, design, conditions), single
 
-    def sample_and_log_prob(self, key, obs, num_draws: int, *, conditions=None, batch_size: int | None = None):
+    def sample_and_log_prob(self, key, obs, num_draws: int, *, conditions=None, batch_size: int | None = None,
+                            dataset_ids=None):
         """Amortized draws for ``K`` datasets in one compiled call.
 
         Args:
@@ -250,14 +265,19 @@ class PosteriorEstimator:
             was trained with them; overrides ``log beta`` of a beta-conditioned estimator.
           batch_size: datasets evaluated together per device; default
             :func:`~amortflow._backend.datasets_per_step` (cache-sized on CPU, large on accelerators).
+          dataset_ids: ``[K]`` integers; dataset ``i`` then draws with ``fold_in(key, ids[i])``,
+            so its draws do not depend on which other datasets share the call (default: the
+            ``K`` keys of ``split(key, K)``).
         Returns:
           ``(draws [K, S, d], log_q [K, S])`` in the model's unconstrained space.
         """
+        if isinstance(num_draws, bool) or not isinstance(num_draws, numbers.Integral) or num_draws < 1:
+            raise ConfigError(f"sample_and_log_prob: num_draws must be a whole number >= 1, got {num_draws!r}")
         ys, extra, _ = self._inputs(obs, conditions)
         k = ys.shape[0]
         n_dev = min(len(jax.devices()), k)
         pad = -k % n_dev
-        keys = jax.random.split(key, k)  # per-dataset keys: results do not depend on padding
+        keys = dataset_keys(key, k, dataset_ids)  # per dataset: results do not depend on padding
         if pad:
             keys, ys = jnp.concatenate([keys, keys[:pad]]), jnp.concatenate([ys, ys[:pad]])
             extra = None if extra is None else jnp.concatenate([extra, extra[:pad]])
@@ -356,6 +376,11 @@ def fit_posterior(
       :class:`PosteriorEstimator` with the best validation parameters.
     """
     cfg = train_config or TrainConfig()
+    if num_simulations is not None and bank is None and (
+            isinstance(num_simulations, bool) or not isinstance(num_simulations, numbers.Integral)
+            or num_simulations < 512):
+        raise ConfigError(f"fit_posterior: num_simulations must be a whole number >= 512 (256 are "
+                          f"held out for validation), or None for online simulation; got {num_simulations!r}")
     k_bank, k_init, k_train, k_val = jax.random.split(key, 4)
     if bank is not None:
         theta_bank, y_bank = np.asarray(bank[0], np.float32), np.asarray(bank[1], np.float32)
@@ -398,9 +423,10 @@ def fit_posterior(
     def loss_fn(p, batch, k):
         return npe_loss(spec, p, std, batch, k)
 
+    identity = None if checkpoint_dir is None else _training_identity(key, model, spec, theta_bank, y_bank)
     result: TrainResult = train(
-        k_train, loss_fn, params, batch_fn, data, val, cfg,
-        progress=progress, checkpoint_dir=checkpoint_dir, description=f"NPE {model.name}",
+        k_train, loss_fn, params, batch_fn, data, val, cfg, progress=progress,
+        checkpoint_dir=checkpoint_dir, checkpoint_identity=identity, description=f"NPE {model.name}",
     )
     return PosteriorEstimator(
         spec=spec,
@@ -413,6 +439,17 @@ def fit_posterior(
         extra={"num_simulations": None if theta_bank is None else int(len(theta_bank)),
                "num_validation": int(n_val)},
     )
+
+
+def _training_identity(key, model: Model, spec: NPESpec, theta_bank, y_bank) -> dict:
+    """What a resumable training checkpoint was trained on: a checkpoint of another model,
+    seed, simulation bank or architecture must not be resumed as if it were this run's."""
+    h = hashlib.sha256()
+    for a in (theta_bank, y_bank):
+        h.update(b"online" if a is None else np.ascontiguousarray(a).tobytes())
+    kd = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return {"kind": "npe", "model": model.fingerprint(), "key": np.asarray(kd).tolist(),
+            "simulations": h.hexdigest(), "architecture": repr(spec)}
 
 
 @partial(jax.jit, static_argnames=("spec",))

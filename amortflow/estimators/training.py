@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import time
 from typing import Any, Callable, NamedTuple
@@ -25,7 +26,8 @@ import optax
 from flax import serialization
 
 
-from amortflow.errors import TrainingDivergedError  # noqa: E402  (defined with the other errors)
+from amortflow._files import read_json, write_bytes, write_json
+from amortflow.errors import CheckpointError, ConfigError, TrainingDivergedError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,18 @@ class TrainConfig:
     steps_per_call: int = 200
     patience: int | None = None
 
+    def __post_init__(self):
+        for name, lo in (("num_steps", 1), ("batch_size", 1), ("steps_per_call", 1)):
+            _check_int(name, getattr(self, name), lo)
+        for name in ("warmup_steps", "patience"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 0 if name == "warmup_steps" else 1)
+        for name, positive in (("learning_rate", True), ("clip_norm", True), ("weight_decay", False)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
+                    or v < 0 or (positive and v == 0):
+                raise ConfigError(f"TrainConfig.{name} must be a finite number {'> 0' if positive else '>= 0'}, got {v!r}")
+
     def optimizer(self) -> optax.GradientTransformation:
         warmup = self.warmup_steps if self.warmup_steps is not None else max(1, self.num_steps // 20)
         schedule = optax.warmup_cosine_decay_schedule(
@@ -66,6 +80,11 @@ class TrainConfig:
             optax.clip_by_global_norm(self.clip_norm),
             optax.adamw(schedule, weight_decay=self.weight_decay),
         )
+
+
+def _check_int(name, v, lo):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+        raise ConfigError(f"TrainConfig.{name} must be a whole number >= {lo}, got {v!r}")
 
 
 class TrainState(NamedTuple):
@@ -116,37 +135,43 @@ def _make_eval(loss_fn, batch_size):
     return evaluate
 
 
-def _save_checkpoint(path, state, best_params, best_loss, history, rng_key, config=None):
+_TODO = "delete the checkpoint folder to train from scratch"
+
+
+def _save_checkpoint(path, state, best_params, best_loss, history, rng_key, identity):
     os.makedirs(path, exist_ok=True)
     payload = {"state": state, "best_params": best_params, "key": jax.random.key_data(rng_key)
                if jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else rng_key}
-    tmp = os.path.join(path, "train_state.msgpack.tmp")
-    with open(tmp, "wb") as f:
-        f.write(serialization.to_bytes(payload))
-    os.replace(tmp, os.path.join(path, "train_state.msgpack"))
-    with open(os.path.join(path, "train_history.json.tmp"), "w") as f:
-        json.dump({"best_loss": best_loss, "history": history, "config": config}, f)
-    os.replace(os.path.join(path, "train_history.json.tmp"), os.path.join(path, "train_history.json"))
+    write_bytes(os.path.join(path, "train_state.msgpack"), serialization.to_bytes(payload))
+    write_json(os.path.join(path, "train_history.json"),
+               {"best_loss": best_loss, "history": history, "identity": identity})
 
 
-def _load_checkpoint(path, state, rng_key, config=None):
-    file = os.path.join(path, "train_state.msgpack")
+def _load_checkpoint(path, state, rng_key, identity):
+    """The saved training state of THIS run, ``None`` if there is none; a checkpoint of another
+    run (other settings, key, model, simulations or architecture) or a damaged one raises
+    :class:`CheckpointError` naming the file."""
+    file, hist = os.path.join(path, "train_state.msgpack"), os.path.join(path, "train_history.json")
     if not os.path.exists(file):
         return None
-    with open(os.path.join(path, "train_history.json")) as f:
-        saved_config = json.load(f).get("config")
-    if config is not None and saved_config is not None and saved_config != config:
-        raise ValueError(
-            f"checkpoint in {path} was written with different training settings "
-            f"({saved_config}) than this run ({config}); use another checkpoint_dir or delete it")
+    meta = read_json(hist, CheckpointError, _TODO)
+    saved = meta.get("identity", {"config": meta.get("config")})
+    if saved != identity:
+        diff = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+        raise CheckpointError(
+            f"{path} holds a training checkpoint of another run (differs in: {', '.join(diff)}); "
+            "use another checkpoint_dir or delete it")
     target = {"state": state, "best_params": state.params, "key": rng_key}
-    with open(file, "rb") as f:
-        payload = serialization.from_bytes(target, f.read())
+    try:
+        with open(file, "rb") as f:
+            payload = serialization.from_bytes(target, f.read())
+    except Exception as e:  # msgpack / flax raise several types for a damaged file
+        raise CheckpointError(f"{file} is damaged ({type(e).__name__}: {e}); {_TODO}") from None
     for a, b in zip(jax.tree_util.tree_leaves(payload["state"]), jax.tree_util.tree_leaves(state)):
         if np.shape(a) != np.shape(b):
-            raise ValueError(f"checkpoint in {path} does not match this estimator's architecture")
-    with open(os.path.join(path, "train_history.json")) as f:
-        meta = json.load(f)
+            raise CheckpointError(f"{file} does not match this estimator's architecture; {_TODO}")
+    if not all(k in meta for k in ("best_loss", "history")):
+        raise CheckpointError(f"{hist} is incomplete; {_TODO}")
     restored = TrainState(*payload["state"]) if not isinstance(payload["state"], TrainState) else payload["state"]
     return restored, payload["best_params"], meta["best_loss"], meta["history"], jnp.asarray(payload["key"])
 
@@ -162,6 +187,7 @@ def train(
     *,
     progress: bool = True,
     checkpoint_dir: str | None = None,
+    checkpoint_identity: dict | None = None,
     description: str = "training",
 ) -> TrainResult:
     """Minimise ``loss_fn`` and return the parameters with the lowest validation loss.
@@ -175,6 +201,9 @@ def train(
       val_batch: fixed validation batch (pytree of arrays, leading axis = examples).
       checkpoint_dir: if given, state is written after every fused chunk and an interrupted run
         resumes from it.
+      checkpoint_identity: JSON-able description of what is trained (model fingerprint, key,
+        simulations' hash, architecture); a checkpoint with another identity (or other
+        settings) is refused rather than resumed.
     Raises:
       TrainingDivergedError: if a training or validation loss is NaN/inf (names the step).
     """
@@ -185,9 +214,9 @@ def train(
     state = TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
     best_params, best_loss = params, math.inf
     history = {"step": [], "train_loss": [], "val_loss": [], "wall_time": []}
-    ckpt_config = json.loads(json.dumps(dataclasses.asdict(config)))
+    identity = json.loads(json.dumps({"config": dataclasses.asdict(config), **(checkpoint_identity or {})}))
     if checkpoint_dir is not None:
-        restored = _load_checkpoint(checkpoint_dir, state, key, ckpt_config)
+        restored = _load_checkpoint(checkpoint_dir, state, key, identity)
         if restored is not None:
             state, best_params, best_loss, history, key = restored
     num_calls = math.ceil(config.num_steps / steps_per_call)
@@ -224,7 +253,7 @@ def train(
             bar.update(steps_per_call)
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}", best=f"{best_loss:.3f}")
             if checkpoint_dir is not None:
-                _save_checkpoint(checkpoint_dir, state, best_params, best_loss, history, key, ckpt_config)
+                _save_checkpoint(checkpoint_dir, state, best_params, best_loss, history, key, identity)
             if config.patience is not None and stale >= config.patience:
                 break
     finally:

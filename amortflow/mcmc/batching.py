@@ -135,14 +135,18 @@ def cached_dataset_map(cache_key: Hashable, make_fn: Callable[[], Callable], *,
     return runner
 
 
-def compile_for(key: Hashable, fn: Callable, args: tuple, cache: CompileCache | None = None):
+def compile_for(key: Hashable, fn: Callable, args: tuple, cache: CompileCache | None = None,
+                announce: Callable[[], None] | None = None):
     """Ahead-of-time compile jitted ``fn`` for the shapes of ``args`` once, held in ``cache``
-    under ``key`` + shapes. Returns ``(compiled, compile_seconds)`` (0 when cached)."""
+    under ``key`` + shapes; ``announce()`` runs before a compilation (a progress message).
+    Returns ``(compiled, compile_seconds)`` (0 when cached)."""
     cache = DEFAULT_CACHE if cache is None else cache
     leaves, treedef = jax.tree.flatten(args)
     shapes = (treedef, tuple((a.shape, str(a.dtype)) for a in leaves))
 
     def build():
+        if announce is not None:
+            announce()
         t0 = time.perf_counter()
         return fn.lower(*args).compile(), time.perf_counter() - t0
 

@@ -338,12 +338,12 @@ def _check_init(sampler: Sampler, model: Model, init, k: int):
                          f"{sampler.num_superchains}, d={model.dim}], got {tuple(init.shape)}")
 
 
-def _run_bucket(runner_key, runner, keys, obs, init, s0, n, size, cache):
+def _run_bucket(runner_key, runner, keys, obs, init, s0, n, size, cache, announce=None):
     """Datasets ``s0 .. s0 + n`` padded to ``size`` rows: ``(stats rows [n], wall_s, compile_s)``."""
     rows, active = batching.pad_and_interleave(n, size, batching.num_devices())
     rows = rows + s0
     args = (jnp.asarray(active), keys[rows], take_rows(obs, rows), init[rows])
-    compiled, compile_s = batching.compile_for(runner_key, runner, args, cache)
+    compiled, compile_s = batching.compile_for(runner_key, runner, args, cache, announce)
     t0 = time.perf_counter()
     out = jax.tree.map(np.asarray, jax.block_until_ready(compiled(*args)))
     wall = time.perf_counter() - t0
@@ -388,10 +388,13 @@ def run_sampler_keys(keys, model: Model, obs, init, sampler: Sampler, *,
     if progress and len(starts) > 1:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc=f"{sampler.name} buckets", unit="bucket")
+    msg = (f"[amortflow.mcmc] compiling {sampler.name} for {size} datasets per call (once per "
+           "model, sampler and layout; tens of seconds on a CPU)")
+    announce = (lambda: print(msg, flush=True)) if progress else None
     outs, walls, compiles = [], [], []
     for s0 in starts:
         out, wall, compile_s = _run_bucket(runner_key, runner, keys, obs, init, s0,
-                                           min(size, k - s0), size, cache)
+                                           min(size, k - s0), size, cache, announce)
         outs.append(out)
         walls.append(wall)
         compiles.append(compile_s)

@@ -1,13 +1,27 @@
 """Derive a :class:`Model` from an ordinary numpyro model.
 
 ``from_numpyro(model_fn, *args, obs="y")`` treats ``model_fn(*args, y=None)`` as the generative
-model: every latent ``sample`` site becomes a block of the flat unconstrained vector ``theta``
-(ordered by numpyro's ``ravel_pytree``, i.e. sorted site names), the site named ``obs`` (by
-default the keyword argument of the same name) is the observation. The log density is numpyro's
-own potential energy (with ``beta`` scaling the observed site only), so constraints, Jacobians and
-dependent supports are handled exactly as numpyro does.
+model and ``model_fn(*args, y=data)`` as the scoring model:
+
+- **parameters** ``theta``: the latent ``sample`` sites present when the data are given (the
+  sites of the scoring model), each unconstrained by numpyro's bijections and raveled in sorted
+  site-name order (numpyro's ``ravel_pytree``). Sites that exist only while simulating
+  (``y=None``: auxiliary randomness such as latent event times under censoring) are part of the
+  simulator, not of ``theta``.
+- **observation**: the keyword ``obs`` (one name, or several: their values are flattened and
+  concatenated into one vector, split again for scoring). The simulated value is read from the
+  sample site of the same name (``obs_site`` to name another).
+- **likelihood**: every observed site and ``numpyro.factor`` of the scoring model (so censored
+  data scored with ``factor`` count), ``beta`` scaling all of them; **prior**: the latent sites
+  with numpyro's Jacobian terms. Constraints and dependent supports are numpyro's own.
+
+What cannot be taken gets an error naming the site: a discrete latent, an observed keyword the
+model does not take, a site never given ``obs=``.
 """
 from __future__ import annotations
+
+import inspect
+import math
 
 import jax
 import jax.numpy as jnp
@@ -16,111 +30,169 @@ from jax.flatten_util import ravel_pytree
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.util import constrain_fn as _np_constrain_fn
-from numpyro.infer.util import potential_energy
 from numpyro.primitives import Messenger
 
 from amortflow.models.base import Model, make_model
 
 
-class _DropSite(Messenger):
-    """Mask out one named sample site, so it adds nothing (not even NaN) to the log joint."""
+class NumpyroModelError(ValueError):
+    """A numpyro model that ``from_numpyro`` cannot turn into a :class:`Model` (names the site)."""
 
-    def __init__(self, fn, site):
-        self.site = site
+
+class _DropSites(Messenger):
+    """Mask the named sample sites (the observed sites and factors of the scoring model): what
+    is left is the prior, with the Jacobian factors numpyro adds while unconstraining."""
+
+    def __init__(self, fn, sites):
+        self.sites = frozenset(sites)
         super().__init__(fn)
 
     def process_message(self, msg):
-        if msg["type"] == "sample" and msg["name"] == self.site:
+        if msg["type"] == "sample" and msg["name"] in self.sites:
             msg["fn"] = msg["fn"].mask(False)
 
 
-def _latent_sites(trace, obs_site):
-    return {
-        name: site
-        for name, site in trace.items()
-        if site["type"] == "sample" and not site["is_observed"] and name != obs_site
-    }
+def _check_keywords(model_fn, obs_names):
+    try:
+        params = inspect.signature(model_fn).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [n for n in obs_names if n not in params]
+    if missing:
+        raise NumpyroModelError(
+            f"from_numpyro: {getattr(model_fn, '__name__', 'the model')} takes no keyword "
+            f"{missing[0]!r} (its parameters: {list(params)}); pass obs='<the keyword through which "
+            "the model receives its data>'")
 
 
-def from_numpyro(model_fn, *args, obs: str = "y", obs_site: str | None = None, name: str | None = None,
-                 obs_kind: str | None = None, **kwargs) -> Model:
+def _trace(fn, key, **data):
+    return handlers.trace(handlers.seed(fn, key)).get_trace(**data)
+
+
+def _latents(trace):
+    return {n: s for n, s in trace.items() if s["type"] == "sample" and not s["is_observed"]}
+
+
+def _check_latents(latents, sim_trace, obs_names, site_names):
+    for name, site in latents.items():
+        if getattr(site["fn"], "is_discrete", False) or getattr(site["fn"].support, "is_discrete", False):
+            raise NumpyroModelError(
+                f"from_numpyro: latent site {name!r} is discrete ({type(site['fn']).__name__}); "
+                "amortflow samples continuous parameters only: marginalise it out (e.g. with a "
+                "mixture distribution) or make it observed")
+    for obs_name, site in zip(obs_names, site_names):
+        if site not in sim_trace:
+            raise NumpyroModelError(
+                f"from_numpyro: when simulating (``{obs_name}=None``) the model has no sample site "
+                f"{site!r} to read the data from (sites: {sorted(sim_trace)}); pass obs_site=")
+        if site in latents:
+            raise NumpyroModelError(
+                f"from_numpyro: site {site!r} stays latent when {obs_name}= is given: the model "
+                f"never passes it obs={obs_name}; write numpyro.sample({site!r}, ..., obs={obs_name})")
+
+
+def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: str | tuple[str, ...] | None = None,
+                 name: str | None = None, obs_kind: str | None = None, **kwargs) -> Model:
     """Build a :class:`Model` from a numpyro model function.
 
     Args:
       model_fn: numpyro model; called as ``model_fn(*args, **kwargs, **{obs: y})``.
-      *args, **kwargs: fixed model arguments (design matrices, sizes, ...).
-      obs: keyword argument through which the observation is passed (``None`` to simulate).
-      obs_site: name of the observed sample site; defaults to ``obs``.
+      *args, **kwargs: fixed model arguments (covariates, design, sizes, ...).
+      obs: the keyword(s) through which the observation is passed (``None`` to simulate).
+      obs_site: the sample site(s) holding the simulated observation; defaults to ``obs``.
       name: model name; defaults to the function's name.
       obs_kind: ``"set"``, ``"vector"`` or ``"grid"`` (see :func:`make_model`).
+    Raises:
+      NumpyroModelError: naming the site or keyword that cannot be taken, and what to do.
     """
-    site_name = obs_site or obs
+    obs_names = (obs,) if isinstance(obs, str) else tuple(obs)
+    site_names = obs_names if obs_site is None else ((obs_site,) if isinstance(obs_site, str) else tuple(obs_site))
+    if len(site_names) != len(obs_names):
+        raise NumpyroModelError(f"from_numpyro: {len(obs_names)} observed keywords but {len(site_names)} obs_site names")
+    _check_keywords(model_fn, obs_names)
 
     def bound(y=None):
-        return model_fn(*args, **{**kwargs, obs: y})
+        data = split(y) if y is not None else {n: None for n in obs_names}
+        return model_fn(*args, **{**kwargs, **data})
 
-    proto = handlers.trace(handlers.seed(bound, jax.random.PRNGKey(0))).get_trace()
-    if site_name not in proto:
-        raise ValueError(
-            f"from_numpyro: the model has no sample site named {site_name!r} "
-            f"(sites: {sorted(proto)}); pass obs_site="
-        )
-    latents = _latent_sites(proto, site_name)
+    sim = _trace(lambda: model_fn(*args, **{**kwargs, **{n: None for n in obs_names}}), jax.random.PRNGKey(0))
+    for site in site_names:
+        if site not in sim:
+            raise NumpyroModelError(f"from_numpyro: the model has no sample site named {site!r} "
+                                    f"(sites: {sorted(sim)}); pass obs_site=")
+    values = [np.asarray(sim[s]["value"]) for s in site_names]
+    shapes = [v.shape for v in values]
+    sizes = [int(math.prod(sh)) for sh in shapes]
+    single = len(obs_names) == 1
+
+    def split(y):
+        if single:
+            return {obs_names[0]: y}
+        parts = jnp.split(jnp.ravel(y), np.cumsum(sizes)[:-1])
+        return {n: p.reshape(sh) for n, p, sh in zip(obs_names, parts, shapes)}
+
+    def join(vals):
+        return vals[0] if single else jnp.concatenate([jnp.ravel(v) for v in vals])
+
+    y_proto = join([jnp.asarray(v) for v in values])
+    scored = _trace(bound, jax.random.PRNGKey(0), y=y_proto)
+    latents = _latents(scored)
     if not latents:
-        raise ValueError("from_numpyro: the model has no latent sample sites")
-    obs_shape = tuple(np.shape(proto[site_name]["value"]))
-    unc_proto = {
-        k: biject_to(s["fn"].support).inv(s["value"]) for k, s in latents.items()
-    }
+        raise NumpyroModelError("from_numpyro: the model has no latent sample sites (no parameters)")
+    _check_latents(latents, sim, obs_names, site_names)
+    unc_proto = {k: biject_to(s["fn"].support).inv(s["value"]) for k, s in latents.items()}
     flat, unravel = ravel_pytree(unc_proto)
-    sizes = {k: int(np.size(v)) for k, v in unc_proto.items()}
     param_names = []
     for k in sorted(unc_proto):  # ravel_pytree order: sorted keys
-        n = sizes[k]
+        n = int(np.size(unc_proto[k]))
         param_names += [k] if n == 1 and np.ndim(unc_proto[k]) == 0 else [f"{k}[{i}]" for i in range(n)]
 
     def sample_prior(key, n):
         def one(k):
-            tr = handlers.trace(handlers.seed(bound, k)).get_trace()
-            unc = {
-                name: biject_to(tr[name]["fn"].support).inv(tr[name]["value"]) for name in latents
-            }
-            return ravel_pytree(unc)[0]
+            tr = _trace(bound, k)
+            return ravel_pytree({s: biject_to(tr[s]["fn"].support).inv(tr[s]["value"]) for s in latents})[0]
 
         return jax.vmap(one)(jax.random.split(key, n))
 
-    y_proto = jnp.asarray(proto[site_name]["value"])
-
     def constrain(theta):
-        # observed value supplied so no site needs a PRNG key; only latent sites are returned
+        # observed values supplied so no site needs a PRNG key; only parameter sites returned
         out = _np_constrain_fn(bound, (), {"y": y_proto}, unravel(theta))
         return {k: out[k] for k in sorted(latents)}
 
     def simulate(key, theta):
-        params = constrain(theta)
-        tr = handlers.trace(handlers.seed(handlers.condition(bound, params), key)).get_trace()
-        return tr[site_name]["value"]
+        tr = _trace(handlers.condition(bound, constrain(theta)), key)
+        return join([tr[s]["value"] for s in site_names])
+
+    observed = [n for n, site in scored.items() if site["type"] == "sample" and site["is_observed"]]
 
     def log_prior(theta):
-        # numpyro's potential with the observed site masked out: prior + Jacobian terms
-        prior_only = _DropSite(bound, site_name)
-        return -potential_energy(prior_only, (), {"y": y_proto}, unravel(theta))
+        return -_np_potential(_DropSites(bound, observed), y_proto, unravel(theta))
 
     def log_likelihood(theta, y):
-        params = constrain(theta)
-        tr = handlers.trace(handlers.substitute(bound, params)).get_trace(y=y)
-        site = tr[site_name]
-        return jnp.sum(site["fn"].log_prob(site["value"]))
+        tr = handlers.trace(handlers.substitute(bound, constrain(theta))).get_trace(y=y)
+        total = 0.0
+        for site in tr.values():
+            if site["type"] == "sample" and site["is_observed"]:
+                total = total + jnp.sum(site["fn"].log_prob(site["value"]))
+        return total
 
     return make_model(
         name=name or getattr(model_fn, "__name__", "numpyro_model"),
-        param_names=tuple(param_names),
-        obs_shape=obs_shape,
-        obs_kind=obs_kind,
-        sample_prior=sample_prior,
-        simulate=simulate,
-        log_prior=log_prior,
-        log_likelihood=log_likelihood,
-        constrain=constrain,
-        info={"source": "numpyro", "obs": obs, "obs_site": site_name, "dim": int(flat.size)},
+        param_names=tuple(param_names), obs_shape=tuple(np.shape(y_proto)), obs_kind=obs_kind,
+        sample_prior=sample_prior, simulate=simulate, log_prior=log_prior,
+        log_likelihood=log_likelihood, constrain=constrain,
+        info={"source": "numpyro", "obs": list(obs_names), "obs_site": list(site_names),
+              "dim": int(flat.size), "simulation_only_sites": sorted(set(_latents(sim)) - set(latents) - set(site_names))},
     )
+
+
+def _np_potential(fn, y, params):
+    """``-log p`` of ``fn`` at unconstrained ``params`` (numpyro's potential energy)."""
+    from numpyro.infer.util import potential_energy
+
+    return potential_energy(fn, (), {"y": y}, params)
+
+
+__all__ = ["from_numpyro", "NumpyroModelError"]

@@ -76,8 +76,10 @@ class Stage:
     name: label in progress files, logs and stage times.
     run: ``(key, StageInput) -> StageResult``.
     chunk_size: datasets per call (and per progress file); ``None``: all open datasets at once.
-      Chunk ``c`` gets ``fold_in(stage_key, c)``.
     salt: the stage's key is ``fold_in(workflow_key, salt)`` (``None``: the workflow key itself).
+      Every chunk gets the same key: a stage derives per-dataset randomness by folding in
+      ``StageInput.index``, so a dataset's result does not depend on which others are open
+      (invalid ones, earlier acceptances) or on the chunking.
     columns: name -> dtype of the per-dataset diagnostics and costs it reports; the result has
       these columns even for datasets (or runs) the stage never saw (NaN / 0 / False / "").
     """
@@ -264,8 +266,7 @@ def run_stage(key, stage: Stage, records: Records, obs: Observation, store: Prog
         res = store.load(name)
         if res is None:
             t0 = time.perf_counter()
-            ck = stage_key if stage.chunk_size is None else jax.random.fold_in(stage_key, ci)
-            res = stage.run(ck, StageInput(idx, take(obs, idx), {n: v[idx] for n, v in records.carry.items()}))
+            res = stage.run(stage_key, StageInput(idx, take(obs, idx), {n: v[idx] for n, v in records.carry.items()}))
             res = res._replace(info={**res.info, "wall_time_s": time.perf_counter() - t0})
             _check_result(stage, res, idx.size)
             store.save(name, res)

@@ -49,15 +49,17 @@ def fit_ood(key, model: Model, estimator, method: str, alpha: float, num_simulat
 def ood_gate(flag: np.ndarray, score: np.ndarray, threshold: float, accept: bool,
              khat: np.ndarray | None = None):
     """In-distribution datasets end ``"amortized"`` only if ``accept`` -- and never when their
-    PSIS k-hat is not finite (the draws miss the likelihood's support: data the model cannot
-    have produced). The rest go on, with the reason."""
+    PSIS k-hat is not below 1: then the importance weights have no finite mean, i.e. the draws
+    are far from the posterior (or give the data zero likelihood: data the model cannot have
+    produced), whatever the OOD score says. The rest go on, with the reason."""
     route, reason = hand_on(flag.size)
-    supported = np.ones(flag.size, bool) if khat is None else np.isfinite(khat)
+    supported = np.ones(flag.size, bool) if khat is None else np.isfinite(khat) & (khat < 1.0)
     if accept:
         route[~flag & supported] = "amortized"
     for j in np.nonzero(flag | ~supported)[0]:
         if not supported[j]:
-            reason[j] = "amortized draws give the data zero likelihood or non-finite weights (PSIS k-hat inf)"
+            reason[j] = (f"PSIS k-hat {khat[j]:.2f} >= 1: the amortized draws are far from the "
+                         "posterior (or give the data zero likelihood)")
         elif np.isfinite(score[j]):
             reason[j] = f"OOD score {score[j]:.2f} > {threshold:.2f}"
         else:
@@ -91,10 +93,11 @@ def amortized_stage(model: Model, estimator, *, num_draws: int, ood_method: str 
     def run(key, inp: StageInput) -> StageResult:
         t0 = time.perf_counter()
         if with_density:
-            draws, log_q = estimator.sample_and_log_prob(jax.random.fold_in(key, 1), inp.obs,
-                                                         num_draws, batch_size=batch_size)
+            draws, log_q = estimator.sample_and_log_prob(jax.random.fold_in(key, 1), inp.obs, num_draws,
+                                                         batch_size=batch_size, dataset_ids=inp.index)
         else:
-            draws = estimator.sample(jax.random.fold_in(key, 1), inp.obs, num_draws, batch_size=batch_size)
+            draws = estimator.sample(jax.random.fold_in(key, 1), inp.obs, num_draws,
+                                     batch_size=batch_size, dataset_ids=inp.index)
             log_q = None
         draws = np.asarray(draws)
         t_draw, t0 = time.perf_counter() - t0, time.perf_counter()
@@ -130,9 +133,10 @@ def log_joint(model: Model, draws, obs: Observation, batch_size: int):
 
 
 @partial(jax.jit, static_argnames=("num", "scheme"))
-def psis_resample(key, draws, log_w, num: int, scheme: str):
-    """``num`` equally weighted draws per dataset from weighted ``draws [K, S, d]``."""
-    keys = jax.random.split(key, draws.shape[0])
+def psis_resample(key, draws, log_w, num: int, scheme: str, dataset_ids):
+    """``num`` equally weighted draws per dataset from weighted ``draws [K, S, d]``; dataset
+    ``i`` resamples with ``fold_in(key, dataset_ids[i])``."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(dataset_ids.astype(jnp.uint32))
     replace = scheme != "without_replacement"
     method = scheme if replace else "systematic"
     idx = jax.vmap(lambda k, lw: dg.resample(k, lw, num, replace=replace, method=method))(keys, log_w)
@@ -178,7 +182,8 @@ def psis_stage(model: Model, *, num_draws: int, khat_threshold: float | None = N
         new = {} if "khat" in c else psis_diagnostics(model, c["draws"], c["log_q"], inp.obs, batch_size)
         c = {**c, **new}
         resampled = psis_resample(jax.random.fold_in(key, 3), jnp.asarray(c["draws"]),
-                                  jnp.asarray(c["log_weights"]), num_draws, resample)
+                                  jnp.asarray(c["log_weights"]), num_draws, resample,
+                                  jnp.asarray(inp.index))
         route, reason = psis_gate(c["khat"], c["psis_ess"], thr, min_ess or 0.0)
         s = c["draws"].shape[1]
         return StageResult(
@@ -215,7 +220,8 @@ def mcmc_stage(model: Model, ladder, *, num_output_draws: int, chunk_size: int =
         if cand is None:
             cand = np.full((n, 1, model.dim), np.nan, np.float32)
         res = mcmc.run_ladder(key, model, inp.obs, cand, inp.carry.get("log_weights"), ladder,
-                              num_output_draws=num_output_draws, progress=progress)
+                              num_output_draws=num_output_draws, dataset_ids=inp.index,
+                              progress=progress)
         st = res.stats
         route = np.asarray(res.route, dtype=object)
         return StageResult(
