@@ -93,6 +93,33 @@ def _check_latents(latents, sim_trace, obs_names, site_names):
                 f"never passes it obs={obs_name}; write numpyro.sample({site!r}, ..., obs={obs_name})")
 
 
+def _model_line(err: BaseException, model_fn) -> str:
+    """``"line N of file.py: <source>"`` of the model's frame where ``err`` was raised."""
+    import traceback
+
+    code = getattr(model_fn, "__code__", None)
+    for fr in reversed(traceback.extract_tb(err.__traceback__)):
+        if code is not None and fr.filename == code.co_filename:
+            return f"line {fr.lineno} of {fr.filename}: {fr.line.strip() if fr.line else ''}"
+    return "the model"
+
+
+def _check_prior_draws(bound, model_fn, num: int = 16) -> None:
+    """Simulate from the model eagerly with numpyro's argument validation on a few prior draws:
+    a distribution handed an invalid parameter (a scale drawn from a Normal prior) is reported
+    with the model's line that built it, instead of seed-dependent NaNs later."""
+    import numpyro
+
+    with numpyro.validation_enabled():
+        for i in range(num):
+            try:
+                _trace(bound, jax.random.PRNGKey(i))
+            except ValueError as e:
+                raise NumpyroModelError(
+                    f"from_numpyro: {_model_line(e, model_fn)}: {e} (for a draw from the prior); a "
+                    "scale or rate parameter needs a prior on its support (e.g. HalfNormal, LogNormal)") from None
+
+
 def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: str | tuple[str, ...] | None = None,
                  name: str | None = None, obs_kind: str | None = None, **kwargs) -> Model:
     """Build a :class:`Model` from a numpyro model function.
@@ -117,7 +144,9 @@ def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: st
         data = split(y) if y is not None else {n: None for n in obs_names}
         return model_fn(*args, **{**kwargs, **data})
 
-    sim = _trace(lambda: model_fn(*args, **{**kwargs, **{n: None for n in obs_names}}), jax.random.PRNGKey(0))
+    generative = lambda: model_fn(*args, **{**kwargs, **{n: None for n in obs_names}})  # noqa: E731
+    _check_prior_draws(generative, model_fn)
+    sim = _trace(generative, jax.random.PRNGKey(0))
     for site in site_names:
         if site not in sim:
             raise NumpyroModelError(f"from_numpyro: the model has no sample site named {site!r} "
@@ -175,7 +204,10 @@ def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: st
         total = 0.0
         for site in tr.values():
             if site["type"] == "sample" and site["is_observed"]:
-                total = total + jnp.sum(site["fn"].log_prob(site["value"]))
+                # data outside the support (non-integer or negative counts, ...) have zero
+                # likelihood; numpyro's log_prob would return a finite number for them
+                inside = jnp.all(site["fn"].support.check(site["value"]))
+                total = total + jnp.where(inside, jnp.sum(site["fn"].log_prob(site["value"])), -jnp.inf)
         return total
 
     return make_model(
