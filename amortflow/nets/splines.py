@@ -8,11 +8,11 @@ what each direction is used for:
 - forward (sampling, large batches, no gradient): the bin axis is unrolled (``K`` is small), so
   every operation runs over the whole batch of elements instead of over a minor axis of length
   ``K``; the bin is located by counting knot comparisons and its parameters picked with selects.
-  On this 2-core CPU this made a 6-layer spline flow's sampling pass several times faster than
-  distrax's kernel (and 3x faster than the vectorized layout below at 4096 x 2 elements).
+  This made the sampling pass several times faster than distrax's kernel and than the layout
+  below (benchmarks/README.md).
 - inverse (density evaluation, i.e. training under ``grad``): the bin axis stays a minor axis
   and the bin is picked by a one-hot contraction, whose reverse-mode derivative is a few ops
-  instead of hundreds of tiny slice/select transposes (9-15x faster gradients).
+  instead of hundreds of tiny slice/select transposes (much faster gradients).
 
 Shapes: ``x [...]`` and ``params [..., 3K + 1]`` (``K`` bins; the first and last slope
 parameters are unused because the boundary slopes are fixed at one).
@@ -75,9 +75,8 @@ def _bin_vectorized(v, params, bound):
     minor axis and the bin picked by a one-hot contraction (located on the output knots).
 
     Its reverse-mode derivative is a handful of ops (softmax, cumsum and one-hot transposes),
-    where the unrolled layout's is hundreds of tiny slice/select transposes: for a batch of
-    256 x 2 elements the gradient takes 0.3 ms instead of 2.9 ms (forward unchanged), which made
-    NPE training steps about 3x faster. Used by the inverse (density evaluation, i.e. training).
+    where the unrolled layout's is hundreds of tiny slice/select transposes (benchmarks/README.md
+    has the timings). Used by the inverse (density evaluation, i.e. training).
     """
     k = (params.shape[-1] - 1) // 3
     scale = 2.0 * bound - k * MIN_BIN
