@@ -134,7 +134,7 @@ def plot_ood_scores(scores, threshold: float, heldout_scores=None, bins: int = 4
 
 
 # ----------------------------------------------------------------------------- workflow results
-ROUTE_COLORS = {"amortized": "#2ca02c", "psis": "#1f77b4", "mcmc": "#ff7f0e", "nuts": "#9467bd",
+ROUTE_COLORS = {"amortized": "#2ca02c", "psis": "#1f77b4", "refined": "#17becf", "mcmc": "#ff7f0e", "nuts": "#9467bd",
                 "failed": "#d62728"}
 
 
@@ -151,12 +151,12 @@ def plot_routing(result, training_time_s: float | None = None):
       result: a :class:`~amortflow.workflow.WorkflowResult`.
       training_time_s: if given, the (one-off) training time is shown as its own bar.
     """
-    routes = _route_order()
     counts = result.route_counts()
+    routes = list(counts)
     fig = Figure(figsize=(10.5, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, width_ratios=(1, 1.35))
     vals = [counts[r] for r in routes]
-    bars = ax1.bar(routes, vals, color=[ROUTE_COLORS[r] for r in routes])
+    bars = ax1.bar(routes, vals, color=[ROUTE_COLORS.get(r, "0.4") for r in routes])
     k = max(result.num_datasets, 1)
     for b, v in zip(bars, vals):
         ax1.annotate(f"{v}\n({100 * v / k:.1f}%)", (b.get_x() + b.get_width() / 2, v), ha="center",
@@ -171,7 +171,7 @@ def plot_routing(result, training_time_s: float | None = None):
         times.append(float(training_time_s))
         colors.append("0.55")
     stage_color = {"amortized_draws": ROUTE_COLORS["amortized"], "ood_check": ROUTE_COLORS["amortized"],
-                   "psis": ROUTE_COLORS["psis"], "mcmc": ROUTE_COLORS["mcmc"]}
+                   "psis": ROUTE_COLORS["psis"], "refine": ROUTE_COLORS["refined"], "mcmc": ROUTE_COLORS["mcmc"]}
     for name, t in result.stage_time_s.items():
         n = result.stage_counts.get(name)
         if name == "mcmc" and result.mcmc_stage_time_s:
@@ -289,7 +289,7 @@ def plot_workflow_diagnostics(result, ood_threshold: float | None = None, rhat_t
                 v = np.minimum(rhat[sel], cap)
                 jitter = np.linspace(-0.25, 0.25, v.size) if v.size > 1 else np.zeros(1)
                 ax3.scatter(v, np.full(v.size, ("mcmc", "nuts", "failed").index(r)) + jitter, s=12,
-                            color=ROUTE_COLORS[r], label=f"{r} ({int(sel.sum())})")
+                            color=ROUTE_COLORS.get(r, "0.4"), label=f"{r} ({int(sel.sum())})")
         ax3.set_yticks([0, 1, 2], ["mcmc", "nuts", "failed"])
         ax3.axvline(rhat_threshold, color="k", ls="--", lw=1, label=f"gate {rhat_threshold}")
         if (rhat[ran] > cap).any():
@@ -398,7 +398,7 @@ def plot_recovery(true_theta_constrained: dict, result, max_points: int = 2000):
             rs = (routes == r) & np.isfinite(m)
             if rs.any():
                 ax.errorbar(t[rs], m[rs], yerr=s[rs], fmt="o", ms=2.5, lw=0.6, alpha=0.75,
-                            color=ROUTE_COLORS[r], label=f"{r} ({int(rs.sum())})")
+                            color=ROUTE_COLORS.get(r, "0.4"), label=f"{r} ({int(rs.sum())})")
         ok = np.isfinite(m)
         if ok.any():
             lo = float(min(t[ok].min(), (m - s)[ok].min()))

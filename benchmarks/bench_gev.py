@@ -71,8 +71,8 @@ CRITERION = (
     f"{TV_FLOOR_MULT:g} x its noise floor), the floor being the marginal TV between two random halves "
     f"({REF_SUBSET // 2} draws each) of the reference subset, and (ii) for every parameter "
     f"|mean error| / sd_ref <= max({MEAN_PRACTICAL}, {MEAN_NUM_SE:g} x MCSE), MCSE = "
-    "sqrt(1/ESS_draws + 1/ESS_ref) (ESS_draws: S for amortized draws, min(S, PSIS ESS) for "
-    "PSIS, min(S, min bulk ESS) for MCMC/NUTS routes; ESS_ref: reference bulk ESS). Metrics "
+    "sqrt(1/ESS_draws + 1/ESS_ref) (ESS_draws: S for amortized draws, min(S, PSIS ESS) for PSIS, min(S, "
+    "refined-IS ESS) for refined, min(S, min bulk ESS) for MCMC/NUTS routes; ESS_ref: reference bulk ESS). Metrics "
     f"use a random {REF_SUBSET}-draw subset of the 10000 reference draws (mean errors the full "
     f"reference). Excluded: datasets whose reference has R-hat >= 1.01, bulk ESS < {REF_MIN_ESS:g}, "
     f"> {100 * REF_MAX_DIV_FRAC:g}% divergences or non-finite draws. Failed routes count as inaccurate."
@@ -294,6 +294,8 @@ def main():
     ap.add_argument("--skip-baseline-b", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--cache-dir", default=CACHE)
+    ap.add_argument("--refine-rounds", type=int, default=None,
+                    help="override the workflow's refine_rounds (adaptive importance sampling stage)")
     ap.add_argument("--name", default=None, help="result name (default gev / gev_quick)")
     ap.add_argument("--estimator", default=None,
                     help="load this saved estimator instead of training (for iterating on the workflow; "
@@ -321,6 +323,11 @@ def main():
     preset = gev_preset(quick=True) if args.quick else gev_preset()
     fit_kwargs = preset.fit_kwargs()
     cfg, cfg_source = preset.workflow, "preset.workflow"
+    if args.refine_rounds is not None:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, refine_rounds=args.refine_rounds)
+        cfg_source += f" with refine_rounds={args.refine_rounds}"
     log(f"training: fit_posterior with preset.fit_kwargs() {sorted(fit_kwargs)}")
     t0 = time.perf_counter()
     if args.estimator:
@@ -458,9 +465,11 @@ def main():
         ev = ref_ok & resolved
         diag = res.diagnostics
         s = res.draws.shape[1]
-        ess_wf = np.where(res.route == "amortized", s,
-                          np.where(res.route == "psis", np.minimum(s, diag["psis_ess"]),
-                                   np.minimum(s, diag["ess_bulk_min"])))
+        # the effective sample size behind each route's draws (importance-sampling ESS for the
+        # weighted routes, bulk ESS for MCMC)
+        ess_wf = np.select([res.route == "amortized", res.route == "psis", res.route == "refined"],
+                           [s, np.minimum(s, diag["psis_ess"]), np.minimum(s, diag.get("refine_ess", np.nan))],
+                           np.minimum(s, diag["ess_bulk_min"]))
         idx = np.nonzero(ev)[0]
         metrics = accuracy(res.draws[idx], ref_sub[idx], "accuracy: workflow vs reference")
         fl = {k: v[idx] for k, v in floor.items()}
@@ -533,7 +542,8 @@ def main():
     import pandas as pd
 
     tab = res.table()
-    keep = [c for c in ("dataset", "route", "ood_flag", "ood_score", "khat", "psis_ess", "mcmc_stage",
+    keep = [c for c in ("dataset", "route", "ood_flag", "ood_score", "khat", "psis_ess", "refine_khat",
+                        "refine_ess", "mcmc_stage",
                         "nested_rhat_max", "ess_bulk_min", "reason") if c in tab]
     tab = tab[keep]
     for k, v in per_ds.items():

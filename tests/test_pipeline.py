@@ -141,3 +141,28 @@ def test_every_estimator_kind_runs_through_the_workflow(kind, tmp_path, gaussian
     res = af.run_workflow(jax.random.PRNGKey(4), gaussian_model, est, data[:4], config, stages=stages,
                           progress=False)
     assert set(res.route) <= {"mcmc", "failed"} and (res.route == "mcmc").sum() >= 3
+
+
+def test_refinement_stage_recovers_what_psis_refused(gaussian_model, gaussian_estimator, data):
+    """Adaptive importance sampling between PSIS and MCMC: with a PSIS gate no weighted draw set
+    passes (k-hat <= -inf), the Student-t refinement reaches the analytic posterior (also at
+    beta = 0.5), records its own route, diagnostics and cost, and MCMC gets almost nothing."""
+    from amortflow.workflow import psis_stage, refine_stage
+
+    beta = np.array([1.0, 0.5, 1.0, 0.5, 1.0, 0.5])
+    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
+    stages = (amortized_stage(gaussian_model, gaussian_estimator, num_draws=S, num_ood_simulations=1000,
+                              accept_in_distribution=False),
+              psis_stage(gaussian_model, num_draws=S, khat_threshold=-np.inf),
+              refine_stage(gaussian_model, num_draws=S, rounds=3, min_ess=0.5 * S),
+              mcmc_stage(gaussian_model, config.ladder(), num_output_draws=S, progress=False))
+    res = af.run_workflow(jax.random.PRNGKey(5), gaussian_model, gaussian_estimator, data, config,
+                          stages=stages, beta=beta, progress=False)
+    rows = np.nonzero(res.route == "refined")[0]
+    assert rows.size >= 5, (res.route, res.reason)
+    _check_tempered(gaussian_model, data, res.draws, beta, rows, tol=0.25)
+    t = res.table()
+    assert (t.refine_ess[rows] >= 0.5 * S).all() and (t.refine_khat[rows] <= 0.7).all()
+    assert (t.num_log_density_evals[rows] == 4 * S).all()  # stage 1 + three refinement rounds
+    assert "PSIS k-hat" in res.reason[rows[0]]  # why it needed refinement
+    assert "refine" in res.stage_time_s and res.route_counts()["refined"] == rows.size

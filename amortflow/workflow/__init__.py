@@ -2,9 +2,10 @@
 from amortflow.workflow.config import WorkflowConfig
 from amortflow.workflow.pipeline import Records, Stage, StageInput, StageResult, run_stages
 from amortflow.workflow.result import ROUTES, ResultFileError, WorkflowResult
+from amortflow.workflow.refine import refine_stage
 from amortflow.workflow.run import run_workflow, validate_datasets
 from amortflow.workflow.stages import amortized_stage, default_stages, mcmc_stage, psis_stage
 
 __all__ = ["WorkflowConfig", "WorkflowResult", "ResultFileError", "ROUTES", "run_workflow",
            "validate_datasets", "Stage", "StageInput", "StageResult", "Records", "run_stages",
-           "amortized_stage", "psis_stage", "mcmc_stage", "default_stages"]
+           "amortized_stage", "psis_stage", "refine_stage", "mcmc_stage", "default_stages"]

@@ -50,6 +50,9 @@ class WorkflowConfig:
         the weighted ones: ``"systematic"`` (with replacement, the lowest-noise unbiased
         scheme), ``"multinomial"`` (with replacement, independent) or ``"without_replacement"``
         (Gumbel top-k). See :func:`amortflow.diagnostics.resample`.
+      refine_rounds: rounds of Student-t adaptive importance sampling for the datasets PSIS
+        hands on, gated like PSIS (route ``"refined"``; :func:`amortflow.workflow.refine_stage`);
+        0 leaves the stage out.
       mcmc: the MCMC ladder of stages 3-4 (``None``: the backend's
         :func:`amortflow.mcmc.default_policy`: on CPU MEADS -> NUTS -> NUTS retry, on
         accelerators ChEES 16 x 128 -> ChEES with 3x warmup -> NUTS); it returns ``num_draws``
@@ -70,6 +73,7 @@ class WorkflowConfig:
     khat_threshold: float | None = None
     psis_min_ess: float | None = None
     psis_resample: str = "systematic"
+    refine_rounds: int = 3
     mcmc: Ladder | EscalationPolicy | None = None
     mcmc_chunk: int = 256
     batch_size: int | None = None
@@ -94,6 +98,7 @@ class WorkflowConfig:
             raise ConfigError("WorkflowConfig.mcmc must be an amortflow.mcmc.Ladder (or a legacy "
                               f"EscalationPolicy) or None, got {type(self.mcmc).__name__}")
         _int_field("mcmc_chunk", self.mcmc_chunk, 1)
+        _int_field("refine_rounds", self.refine_rounds, 0, 20)
         if self.batch_size is not None:
             _int_field("batch_size", self.batch_size, 1)
 

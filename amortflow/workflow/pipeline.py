@@ -30,7 +30,7 @@ from amortflow.models.observation import Observation, take
 
 OPEN = ""  # route of a dataset no stage has decided yet
 FAILED = "failed"
-BUILTIN_ROUTES = ("amortized", "psis", "mcmc", "nuts", FAILED)
+BUILTIN_ROUTES = ("amortized", "psis", "refined", "mcmc", "nuts", FAILED)
 """Routes of the built-in stages, in workflow order (custom stages add their own names)."""
 
 

@@ -248,7 +248,9 @@ def mcmc_stage(model: Model, ladder, *, num_output_draws: int, chunk_size: int =
 # ----------------------------------------------------------------------------- the default
 def default_stages(model: Model, estimator, config, *, progress: bool = True) -> tuple[Stage, ...]:
     """The workflow of ``config`` (:class:`~amortflow.WorkflowConfig`): amortized -> PSIS ->
-    MCMC ladder. PSIS needs a density; estimators without one go from stage 1 to MCMC."""
+    (refinement, if ``config.refine_rounds``) -> MCMC ladder. PSIS and refinement need the
+    proposal's density; estimators without one go from stage 1 to MCMC."""
+    from amortflow.workflow.refine import refine_stage  # refine.py builds on this module
     stages = [amortized_stage(
         model, estimator, num_draws=config.num_draws, ood_method=config.ood_method,
         ood_alpha=config.ood_alpha, num_ood_simulations=config.num_ood_simulations,
@@ -257,6 +259,11 @@ def default_stages(model: Model, estimator, config, *, progress: bool = True) ->
         stages.append(psis_stage(model, num_draws=config.num_draws,
                                  khat_threshold=config.khat_threshold, min_ess=config.psis_min_ess,
                                  resample=config.psis_resample, batch_size=config.batch_size))
+        if config.refine_rounds:
+            stages.append(refine_stage(model, num_draws=config.num_draws, rounds=config.refine_rounds,
+                                       khat_threshold=config.khat_threshold,
+                                       min_ess=config.psis_min_ess, resample=config.psis_resample,
+                                       batch_size=config.batch_size))
     stages.append(mcmc_stage(model, config.ladder(), num_output_draws=config.num_draws,
                              chunk_size=config.mcmc_chunk, progress=progress))
     return tuple(stages)
