@@ -30,7 +30,8 @@ def fit_student_t(draws, log_w, *, blend: float = 0.1, inflate: float = 1.2):
     """Location and Cholesky scale of a Student-t fitted to weighted draws.
 
     Args:
-      draws: ``[S, d]``; rows with non-finite values or weights are ignored.
+      draws: ``[S, d]``; rows with non-finite values or weights are ignored (with no finite
+        weight at all, the finite draws count equally).
       log_w: ``[S]`` log weights (any normalisation).
       blend: weight of the unweighted covariance of the draws (a defensive floor: importance
         weights dominated by a few draws would give a degenerate covariance).
@@ -38,12 +39,16 @@ def fit_student_t(draws, log_w, *, blend: float = 0.1, inflate: float = 1.2):
     Returns:
       ``(mean [d], chol [d, d])``.
     """
-    ok = jnp.all(jnp.isfinite(draws), -1) & jnp.isfinite(log_w)
-    x = jnp.where(ok[:, None], draws, 0.0)
+    finite = jnp.all(jnp.isfinite(draws), -1)
+    ok = finite & jnp.isfinite(log_w)
+    x = jnp.where(finite[:, None], draws, 0.0)
+    u = finite / jnp.maximum(jnp.sum(finite), 1)
     lw = jnp.where(ok, log_w, -jnp.inf)
     w = jnp.exp(lw - jnp.max(lw))
-    w = w / jnp.sum(w)
-    u = ok / jnp.maximum(jnp.sum(ok), 1)
+    # no finite weight at all (the data have zero likelihood under every draw): keep the draws'
+    # own spread rather than collapse onto a point
+    w = jnp.where(jnp.any(ok), w / jnp.sum(jnp.where(ok, w, 0.0)), u)
+    w = jnp.where(ok | ~jnp.any(ok), w, 0.0)
     mean = w @ x
     cw = ((x - mean) * w[:, None]).T @ (x - mean)
     mu_u = u @ x
