@@ -122,8 +122,12 @@ class ConvergenceGate:
 def describe_row(stats: SamplerStats, row: int) -> str:
     """The sampler diagnostics of one row beyond the gate's (R-hat, ESS, divergences, step size,
     trajectory length), for failure reasons and logs."""
-    parts = [f"max R-hat {np.nanmax(stats.rhat[row]):.3f}",
-             f"min bulk ESS {np.nanmin(stats.ess_bulk[row]):.0f}",
+    def extreme(fn, a):  # NaN (not a RuntimeWarning) when every entry is NaN
+        a = np.asarray(a, np.float64)
+        return fn(a[np.isfinite(a)]) if np.isfinite(a).any() else np.nan
+
+    parts = [f"max R-hat {extreme(np.max, stats.rhat[row]):.3f}",
+             f"min bulk ESS {extreme(np.min, stats.ess_bulk[row]):.0f}",
              f"{int(stats.divergences[row])} divergences",
              f"step size {float(stats.step_size[row]):.3g}",
              f"mean leapfrog steps {float(stats.mean_num_steps[row]):.1f}"]
