@@ -25,8 +25,8 @@ class WorkflowResult:
     """Outcome of :func:`amortflow.run_workflow` for ``K`` datasets.
 
     Attributes:
-      route: ``[K]`` one of ``"amortized" | "psis" | "mcmc" | "nuts" | "failed"`` (or the route
-        of a custom stage).
+      route: ``[K]`` one of ``"amortized" | "psis" | "refined" | "mcmc" | "nuts" | "failed"``
+        (or the route of a custom stage).
       reason: ``[K]`` why a dataset failed or was escalated (empty when accepted at stage 1).
       draws: ``[K, S, d]`` accepted draws in the unconstrained space (NaN rows for failed).
       diagnostics: name -> ``[K]`` array (OOD score/flag, k-hat, PSIS ESS, nested R-hat, ESS,

@@ -7,8 +7,11 @@ its routes are decided -- is a small pure function next to it.
   call, an OOD score on the learned summaries; accepts in-distribution datasets only when asked.
 - :func:`psis_stage`: PSIS with the amortized draws as proposal,
   ``log w = log p(theta, y; beta) - log q(theta | y)``; gate on Pareto k-hat (and ESS).
+- :func:`~amortflow.workflow.refine.refine_stage` (in ``refine.py``): adaptive importance
+  sampling for what PSIS handed on, the same gate.
 - :func:`mcmc_stage`: the many-chain MCMC ladder (:func:`amortflow.mcmc.run_ladder`) started
-  from the amortized draws weighted by the PSIS weights; gate on nested R-hat per rung.
+  from the latest weighted draws (refined, or PSIS-weighted amortized); gate on nested R-hat
+  per rung.
 """
 from __future__ import annotations
 
