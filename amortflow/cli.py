@@ -249,9 +249,10 @@ def quick_policy(num_draws: int):
         num_output_draws=num_draws, bucket_size=16)
 
 
-def workflow_config(num_draws: int | None, quick: bool, psis_on_all: bool = False,
+def workflow_config(num_draws: int | None, quick: bool, ood_accept: bool = False,
                     high_stakes: bool = False):
-    """``WorkflowConfig`` for the CLI: paper defaults, or ``WorkflowConfig.high_stakes`` (every
+    """``WorkflowConfig`` for the CLI: the defaults (every dataset passes PSIS), the paper's OOD
+    acceptance (``ood_accept``), or ``WorkflowConfig.high_stakes`` (every
     dataset must pass PSIS with k-hat AND ESS gates)."""
     import amortflow as af
 
@@ -261,7 +262,9 @@ def workflow_config(num_draws: int | None, quick: bool, psis_on_all: bool = Fals
         kw.update(num_draws=s, num_ood_simulations=1000, mcmc=quick_policy(s))
     if high_stakes:
         return af.WorkflowConfig.high_stakes(**kw)
-    return af.WorkflowConfig(psis_on_all=psis_on_all, **kw)
+    if ood_accept:
+        return af.WorkflowConfig.paper(**kw)
+    return af.WorkflowConfig(**kw)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -355,7 +358,7 @@ def cmd_run(args) -> int:
         np.savez(os.path.join(args.out, "datasets.npz"), ys=ys, theta=theta,
                  **{f"true_{k}": v for k, v in truth.items()})
         print(f"simulated {ys.shape[0]} datasets" + (" from the test prior" if args.test_prior else ""))
-    cfg = workflow_config(args.num_draws, args.quick, args.psis_on_all, args.high_stakes)
+    cfg = workflow_config(args.num_draws, args.quick, args.ood_accept, args.high_stakes)
     key = jax.random.PRNGKey(args.seed)
     result = af.run_workflow(key, model, est, ys, cfg, out_dir=args.out, progress=not args.no_progress)
     if args.no_progress:  # with progress on, run_workflow has printed the summary already
@@ -440,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--test-prior", action="store_true", help="simulate from the wider GEV test prior")
     r.add_argument("--out", required=True, help="output directory (re-running with it resumes)")
     r.add_argument("--num-draws", type=int, default=None, help="draws per dataset (default 2000; quick 500)")
-    r.add_argument("--psis-on-all", action="store_true", help="PSIS gate on every dataset, not only OOD-flagged")
+    r.add_argument("--ood-accept", action="store_true",
+                   help="the paper's default: accept datasets that pass the OOD check without the PSIS gate")
     r.add_argument("--high-stakes", action="store_true",
                    help="every dataset must pass PSIS (k-hat and ESS >= 60%% of draws); else MCMC")
     r.add_argument("--quick", action="store_true", help="small OOD reference and MCMC policy (smoke tests)")
