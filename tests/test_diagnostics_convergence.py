@@ -72,7 +72,9 @@ def test_ess_bulk_rank_invariance(seed, scale, loc):
     """Rank normalization: bulk ESS and R-hat's bulk part are invariant to increasing transforms."""
     x = jax.random.normal(jax.random.PRNGKey(seed), (4, 64, 1))
     y = jnp.exp(0.5 * (loc + scale * x))  # strictly increasing transform
-    np.testing.assert_allclose(ess_bulk(x), ess_bulk(y), rtol=1e-4)
+    # float32: exp(0.05 x) maps draws a few ulp apart onto the same value, and the ties move the
+    # average ranks slightly (seed 1622, scale 0.1: 3e-4); a rank-normalization bug is O(1)
+    np.testing.assert_allclose(ess_bulk(x), ess_bulk(y), rtol=2e-3)
     # permuting chains changes nothing either
     np.testing.assert_allclose(rhat(x), rhat(x[::-1]), rtol=1e-5)
 
