@@ -50,3 +50,11 @@ def shard_over_datasets(local_fn: Callable, num_replicated: int = 0, devices=Non
                              check_vma=False)(*args)
 
     return jax.jit(sharded)
+
+
+def keys_for(key, ids):
+    """``[K]`` per-dataset PRNG keys ``fold_in(key, ids[i])``: a dataset's randomness depends on
+    its own id only, not on which other datasets share the call."""
+    import jax.numpy as jnp
+
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids).astype(jnp.uint32))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from amortflow._backend import datasets_per_step, shard_over_datasets
+from amortflow._backend import datasets_per_step, shard_over_datasets, keys_for
 from amortflow.estimators import checkpoint as ckpt
 from amortflow.estimators.base import content_fingerprint, is_concrete
 from amortflow.estimators.data import (  # noqa: F401  (Standardization etc. re-exported)
@@ -109,7 +109,7 @@ def dataset_keys(key, k: int, dataset_ids=None):
     ids = jnp.asarray(dataset_ids, jnp.uint32)
     if ids.shape != (k,):
         raise ValueError(f"dataset_ids must have one id per dataset ({k}), got shape {ids.shape}")
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+    return keys_for(key, ids)
 
 
 @partial(jax.jit, static_argnames=("spec", "num_draws", "batch_size", "num_devices"))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortflow._backend import on_accelerator, shard_over_datasets
+from amortflow._backend import on_accelerator, shard_over_datasets, keys_for
 from amortflow._compile import DEFAULT_CACHE, CompileCache
 from amortflow.models.observation import Observation, observe, to_device
 
@@ -231,4 +231,4 @@ def dataset_ids_or_none(dataset_ids, k: int) -> np.ndarray | None:
 
 def fold_in_each(key, ids) -> jax.Array:
     """``[n]`` keys ``fold_in(key, ids[i])`` (ids: dataset positions or stable dataset ids)."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids))
+    return keys_for(key, ids)

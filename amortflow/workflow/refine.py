@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from amortflow import diagnostics as dg
-from amortflow._backend import datasets_per_step
+from amortflow._backend import datasets_per_step, keys_for
 from amortflow.models.base import Model
 from amortflow.models.observation import Observation, to_device
 from amortflow.workflow.pipeline import Stage, StageInput, StageResult
@@ -116,7 +116,7 @@ def refine_stage(model: Model, *, num_draws: int, rounds: int = 3, df: float = 5
         lw0 = inp.carry.get("log_weights")
         lw0 = jnp.zeros(draws.shape[:2]) if lw0 is None else jnp.asarray(lw0)
         ids = jnp.asarray(inp.index, jnp.uint32)
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+        keys = keys_for(key, ids)
         bs = batch_size or datasets_per_step(n, num_draws)
         x, lw = adaptive_is(keys, model, to_device(inp.obs), draws, lw0, rounds, num_draws, df, bs)
         res = jax.block_until_ready(dg.psis(lw))

@@ -24,7 +24,7 @@ import numpy as np
 
 from amortflow import diagnostics as dg
 from amortflow import mcmc
-from amortflow._backend import datasets_per_step
+from amortflow._backend import datasets_per_step, keys_for
 from amortflow.models.base import Model
 from amortflow.models.observation import Observation, to_device
 from amortflow.workflow.pipeline import FAILED, OPEN, Stage, StageInput, StageResult, hand_on
@@ -139,7 +139,7 @@ def log_joint(model: Model, draws, obs: Observation, batch_size: int):
 def psis_resample(key, draws, log_w, num: int, scheme: str, dataset_ids):
     """``num`` equally weighted draws per dataset from weighted ``draws [K, S, d]``; dataset
     ``i`` resamples with ``fold_in(key, dataset_ids[i])``."""
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(dataset_ids.astype(jnp.uint32))
+    keys = keys_for(key, dataset_ids)
     replace = scheme != "without_replacement"
     method = scheme if replace else "systematic"
     idx = jax.vmap(lambda k, lw: dg.resample(k, lw, num, replace=replace, method=method))(keys, log_w)
