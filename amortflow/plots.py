@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["plot_sbc_ecdf", "plot_sbc_histogram", "plot_coverage", "plot_psis_khat", "plot_ood_scores",
+__all__ = ["plot_sbc_ecdf", "plot_workflow_sbc", "plot_sbc_histogram", "plot_coverage", "plot_psis_khat", "plot_ood_scores",
            "plot_routing", "plot_workflow_diagnostics", "plot_posterior_comparison", "plot_recovery"]
 
 
@@ -20,6 +20,12 @@ def _grid(num: int, ncols: int | None = None, size=(3.2, 2.6)):
 
 def _names(names, d):
     return list(names) if names is not None else [f"theta_{i}" for i in range(d)]
+
+
+def _sbc_band(ax, bands):
+    ax.fill_between(bands.z, bands.lower - bands.z, bands.upper - bands.z, color="0.85",
+                    step="mid", label=f"{100 * (1 - bands.alpha):.0f}% simultaneous band")
+    ax.axhline(0.0, color="0.4", lw=0.8)
 
 
 def plot_sbc_ecdf(ranks, num_draws: int, param_names=None, alpha: float = 0.05, bands=None, key=None):
@@ -42,14 +48,68 @@ def plot_sbc_ecdf(ranks, num_draws: int, param_names=None, alpha: float = 0.05, 
     z, diff = np.asarray(z), np.asarray(diff)
     fig, axes = _grid(d)
     for j, (ax, name) in enumerate(zip(axes, _names(param_names, d))):
-        ax.fill_between(bands.z, bands.lower - bands.z, bands.upper - bands.z, color="0.85",
-                        step="mid", label=f"{100 * (1 - bands.alpha):.0f}% simultaneous band")
+        _sbc_band(ax, bands)
         ax.step(z, diff[:, j], where="mid", color="C0")
-        ax.axhline(0.0, color="0.4", lw=0.8)
         ax.set_title(name)
         ax.set_xlabel("fractional rank")
     axes[0].set_ylabel("ECDF - uniform")
     axes[0].legend(fontsize="small")
+    return fig
+
+
+def plot_workflow_sbc(sbc, params=None, alpha: float = 0.05, by_route: bool = True,
+                      min_route_datasets: int = 10, key=None):
+    """SBC of the routed workflow: ECDF-difference bands of the amortized-only draws (left) and
+    of the workflow's final draws (right), one row per parameter.
+
+    Args:
+      sbc: :class:`~amortflow.diagnostics.WorkflowSBC` (from ``workflow_sbc``).
+      params: parameter names or indices to show (default: all).
+      alpha: simultaneous level of the bands.
+      by_route: also draw, in the right column, each route's ECDF difference (routes with at
+        least ``min_route_datasets`` resolved datasets; their own bands are wider, as each
+        route has fewer datasets).
+    Returns:
+      the Figure; each panel title carries the band test's p-value (the final column also the
+      number of datasets without draws).
+    """
+    from amortflow.diagnostics.sbc import sbc_ecdf_bands, sbc_ecdf_diff, sbc_ecdf_test
+
+    names = list(sbc.param_names)
+    if params is None:
+        cols = list(range(len(names)))
+    else:
+        cols = [names.index(p) if isinstance(p, str) else int(p) for p in params]
+    final = np.asarray(sbc.ranks)[np.asarray(sbc.resolved)]
+    sets = (("amortized only", np.asarray(sbc.amortized_ranks), sbc.num_amortized_draws),
+            (f"workflow (final, {sbc.num_failed} failed)", final, sbc.num_draws))
+    fig = Figure(figsize=(6.6, 2.3 * len(cols)), layout="constrained")
+    axes = fig.subplots(len(cols), 2, squeeze=False, sharex=True)
+    for c, (label, ranks, s) in enumerate(sets):
+        if ranks.shape[0] == 0:
+            for ax in axes[:, c]:
+                ax.text(0.5, 0.5, "no datasets", ha="center", va="center", transform=ax.transAxes)
+            continue
+        bands = sbc_ecdf_bands(s, ranks.shape[0], alpha, key=key)
+        z, diff = (np.asarray(a) for a in sbc_ecdf_diff(ranks, s, bands.thresholds))
+        _, pval = sbc_ecdf_test(ranks[:, cols], s, alpha, key=key)
+        routes = {}
+        if by_route and c == 1:
+            routes = {r: rk for r, rk in sbc.route_ranks().items() if rk.shape[0] >= min_route_datasets}
+        for row, (j, p) in enumerate(zip(cols, pval)):
+            ax = axes[row, c]
+            _sbc_band(ax, bands)
+            for r, rk in routes.items():
+                zr, dr = sbc_ecdf_diff(rk, s, bands.thresholds)
+                ax.step(np.asarray(zr), np.asarray(dr)[:, j], where="mid", lw=0.9, alpha=0.9,
+                        color=ROUTE_COLORS.get(r, "0.4"), label=f"{r} ({rk.shape[0]})")
+            ax.step(z, diff[:, j], where="mid", color="k" if routes else "C0", lw=1.4,
+                    label=f"all ({ranks.shape[0]})")
+            ax.set_title(f"{names[j]}: {label}, p={p:.3f}", fontsize="small")
+            if c == 0:
+                ax.set_ylabel("ECDF - uniform")
+        axes[-1, c].set_xlabel("fractional rank")
+        axes[0, c].legend(fontsize="x-small")
     return fig
 
 

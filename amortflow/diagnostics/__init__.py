@@ -10,21 +10,23 @@ from amortflow.diagnostics.ood import (
     MahalanobisOOD, MMDOOD, empirical_threshold, fit_mahalanobis, fit_mmd_ood,
     ledoit_wolf_shrinkage, mahalanobis_score, mmd_score,
 )
+from amortflow.diagnostics.is_error import ISError, MCSE_FUNCTIONALS, is_mcse
 from amortflow.diagnostics.psis import (
     PSISResult, gpd_fit, psis, psis_khat_threshold, psis_tail_length, resample,
 )
 from amortflow.diagnostics.sbc import (
-    CoverageCurve, SBCBands, SBCResult, coverage_curve, run_sbc, sbc_ecdf_bands, sbc_ecdf_diff,
-    sbc_ecdf_test, sbc_ranks, sbc_uniformity_test,
+    CoverageCurve, SBCBands, SBCResult, WorkflowSBC, coverage_curve, run_sbc, sbc_ecdf_bands, sbc_ecdf_diff,
+    sbc_ecdf_test, sbc_ranks, sbc_uniformity_test, workflow_sbc,
 )
 
 __all__ = [
-    "nested_rhat", "PSISResult", "psis", "psis_khat_threshold", "psis_tail_length", "resample", "gpd_fit",
+    "nested_rhat", "ISError", "is_mcse", "MCSE_FUNCTIONALS", "PSISResult", "psis", "psis_khat_threshold", "psis_tail_length", "resample", "gpd_fit",
     "rhat", "split_rhat", "ess_bulk", "ess_tail", "ess_basic", "split_chains", "rank_normalize",
     "nested_rhat_reference",
     "MahalanobisOOD", "fit_mahalanobis", "mahalanobis_score", "MMDOOD", "fit_mmd_ood", "mmd_score",
     "ledoit_wolf_shrinkage", "empirical_threshold",
     "sbc_ranks", "run_sbc", "SBCResult", "SBCBands", "sbc_ecdf_bands", "sbc_ecdf_diff",
     "sbc_ecdf_test", "sbc_uniformity_test", "CoverageCurve", "coverage_curve",
+    "workflow_sbc", "WorkflowSBC",
     "posterior_accuracy", "accuracy_noise_floor", "c2st_knn", "wasserstein_1d", "ACCURACY_KEYS",
 ]

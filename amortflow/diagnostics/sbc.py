@@ -10,6 +10,9 @@
 - :func:`coverage_curve`: empirical coverage of central credible intervals vs nominal level.
 - :func:`sbc_uniformity_test`: chi-square statistic and p-value of binned ranks per parameter, and
   :func:`sbc_ecdf_test`: simultaneous-band test (``gamma``-based p-value).
+- :func:`workflow_sbc`: SBC of the whole routed workflow (:func:`amortflow.run_workflow` on many
+  prior-predictive datasets at once): ranks of the final draws whatever route each dataset took,
+  beside the estimator's own draws, with route counts and ranks by route (:class:`WorkflowSBC`).
 
 Ranks ``r`` take values ``0..S`` (``S`` draws, ``L = S + 1`` possible values). Under calibration
 they are discrete uniform; ``#{r < i}`` is then Binomial(N, i / L) exactly.
@@ -27,7 +30,7 @@ Array = jax.Array
 
 __all__ = [
     "sbc_ranks", "run_sbc", "SBCResult", "SBCBands", "sbc_ecdf_bands", "sbc_ecdf_diff",
-    "CoverageCurve", "coverage_curve", "sbc_uniformity_test", "sbc_ecdf_test",
+    "CoverageCurve", "coverage_curve", "sbc_uniformity_test", "sbc_ecdf_test", "WorkflowSBC", "workflow_sbc",
 ]
 
 
@@ -287,3 +290,181 @@ def coverage_curve(ranks, num_draws: int, levels=None, alpha: float = 0.05) -> C
     lower = sps.binom.ppf(alpha / 2, n, lv) / n
     upper = sps.binom.ppf(1 - alpha / 2, n, lv) / n
     return CoverageCurve(levels, cov, lower, upper)
+
+
+# ----------------------------------------------------------------------------- the routed workflow
+class WorkflowSBC(NamedTuple):
+    """Output of :func:`workflow_sbc`: SBC of the whole routed workflow beside the amortized draws.
+
+    Ranks are in the model's unconstrained space (where ``theta`` and the workflow's draws live);
+    elementwise monotone bijections leave them unchanged, and any fixed function of ``theta`` is
+    a valid SBC test quantity either way.
+
+    Attributes:
+      theta: ``[N, d]`` true unconstrained parameters of the prior-predictive datasets.
+      ranks: ``[N, d]`` int32 ranks of ``theta`` among the workflow's final draws, ``0..num_draws``;
+        ``-1`` in the rows of datasets without draws (failed route / non-finite draws).
+      amortized_ranks: ``[N, d]`` int32 ranks among ``num_amortized_draws`` draws of the
+        estimator alone (no gate, no correction).
+      route: ``[N]`` route of each dataset (``res.route``).
+      resolved: ``[N]`` bool, the datasets with finite final draws (ranks ``>= 0``).
+      num_draws: ``S`` final draws per dataset (``config.num_draws``).
+      num_amortized_draws: draws per dataset behind ``amortized_ranks``.
+      param_names: the ``d`` unconstrained parameter names.
+      result: the :class:`~amortflow.workflow.WorkflowResult` of the run (routes, diagnostics,
+        stage times); its draws are the final draws ranked here.
+    """
+
+    theta: np.ndarray
+    ranks: np.ndarray
+    amortized_ranks: np.ndarray
+    route: np.ndarray
+    resolved: np.ndarray
+    num_draws: int
+    num_amortized_draws: int
+    param_names: tuple
+    result: object
+
+    @property
+    def num_datasets(self) -> int:
+        return int(self.theta.shape[0])
+
+    @property
+    def num_failed(self) -> int:
+        """Datasets without final draws (route ``"failed"`` or non-finite draws)."""
+        return int((~self.resolved).sum())
+
+    def route_counts(self) -> dict:
+        """Datasets per route, in workflow order (``failed`` included)."""
+        return self.result.route_counts() if hasattr(self.result, "route_counts") else {
+            str(r): int((self.route == r).sum()) for r in np.unique(self.route)}
+
+    def route_ranks(self) -> dict:
+        """route -> ``[n_r, d]`` final ranks of that route's datasets (resolved routes only)."""
+        return {r: self.ranks[(self.route == r) & self.resolved]
+                for r in self.route_counts() if np.any((self.route == r) & self.resolved)}
+
+    def tests(self, alpha: float = 0.05, min_route_datasets: int = 10, key=None) -> dict:
+        """ECDF simultaneous-band tests (:func:`sbc_ecdf_test`) per parameter.
+
+        Returns a JSON-ready dict: ``final`` (the resolved datasets' final draws), ``amortized``
+        (every dataset's amortized draws), ``by_route`` (routes with at least
+        ``min_route_datasets`` resolved datasets), each ``{"num_datasets", "inside" {name: bool},
+        "pvalue" {name: float}, "max_ecdf_deviation" {name: float} (``max |ECDF(z) - z|``, a
+        distance that keeps growing where p-values bottom out), "min_pvalue", "passed"}``; ``passed`` is the family-wise decision
+        over the ``d`` parameters (Bonferroni: every p-value ``>= alpha / d``), so a calibrated
+        posterior passes with probability ``>= 1 - alpha`` however many parameters it has. Plus
+        ``num_failed``, ``route_counts`` and ``alpha``.
+
+        Why dropping failed datasets, or splitting by route, keeps the test valid: a route is a
+        function of the data ``y`` and of the workflow's own randomness, both independent of
+        ``theta`` given ``y``; conditioning on it leaves ``theta | y`` the posterior, so each
+        route's ranks are uniform when that route's draws are exact. The failures are reported
+        (``num_failed``) because they are datasets the workflow could not answer.
+        """
+        d = len(self.param_names)
+
+        def one(ranks, s):
+            n = int(ranks.shape[0])
+            if n == 0:
+                return {"num_datasets": 0, "inside": {}, "pvalue": {}, "max_ecdf_deviation": {},
+                    "min_pvalue": None, "passed": None}
+            inside, p = sbc_ecdf_test(ranks, s, alpha, key=key)
+            p = np.asarray(p, np.float64)
+            dev = np.max(np.abs(np.asarray(sbc_ecdf_diff(ranks, s)[1])), axis=0)
+            return {"num_datasets": n,
+                    "inside": {nm: bool(v) for nm, v in zip(self.param_names, inside)},
+                    "pvalue": {nm: float(v) for nm, v in zip(self.param_names, p)},
+                    "max_ecdf_deviation": {nm: float(v) for nm, v in zip(self.param_names, dev)},
+                    "min_pvalue": float(p.min()), "passed": bool(np.all(p >= alpha / d))}
+
+        by_route = {r: one(rk, self.num_draws) for r, rk in self.route_ranks().items()
+                    if rk.shape[0] >= min_route_datasets}
+        return {"alpha": float(alpha), "correction": f"Bonferroni over {d} parameters (p >= alpha / d)",
+                "final": one(self.ranks[self.resolved], self.num_draws),
+                "amortized": one(self.amortized_ranks, self.num_amortized_draws),
+                "by_route": by_route, "num_failed": self.num_failed,
+                "route_counts": self.route_counts(), "num_datasets": self.num_datasets}
+
+    def summary(self, alpha: float = 0.05, min_route_datasets: int = 10) -> str:
+        """The tests as text: one line per draw set, p-values per parameter."""
+        t = self.tests(alpha, min_route_datasets)
+        lines = [f"workflow SBC: {self.num_datasets} prior-predictive datasets, routes "
+                 + ", ".join(f"{r} {c}" for r, c in t["route_counts"].items() if c)
+                 + f"; {t['num_failed']} without draws"]
+
+        def line(label, r):
+            if not r["num_datasets"]:
+                return f"  {label:<22} (no datasets)"
+            ps = " ".join(f"{nm}={p:.3f}" for nm, p in r["pvalue"].items())
+            return (f"  {label:<22} n={r['num_datasets']:<5} {'PASS' if r['passed'] else 'FAIL'}  "
+                    f"min p={r['min_pvalue']:.4f}  [{ps}]")
+
+        lines.append(line(f"amortized ({self.num_amortized_draws} draws)", t["amortized"]))
+        lines.append(line(f"final ({self.num_draws} draws)", t["final"]))
+        for r, v in t["by_route"].items():
+            lines.append(line(f"  route {r}", v))
+        return "\n".join(lines)
+
+
+def _accepted(fn, **kwargs) -> dict:
+    """The keywords ``fn`` takes (duck-typed estimators may take fewer than the protocol's)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def workflow_sbc(key, model, estimator, num_datasets: int, config=None, *, num_amortized_draws: int | None = None,
+                 progress: bool = False, batch_size: int | None = None, **workflow_kwargs) -> WorkflowSBC:
+    """SBC of the whole routed workflow: every route's final draws, beside the amortized draws.
+
+    Draws ``theta ~ p(theta)``, ``y ~ p(y | theta)`` for ``num_datasets`` datasets, runs
+    :func:`amortflow.run_workflow` on all of them at once (one batched call: each stage sees
+    every dataset it handles together), and ranks ``theta`` among the final draws, whichever
+    route (amortized, PSIS, refined, MCMC, NUTS) each dataset took. The same datasets are also
+    answered by the estimator alone (``num_amortized_draws`` draws, no gate): its ranks show what
+    the workflow had to correct. See :meth:`WorkflowSBC.tests` for the ECDF-band tests.
+
+    Args:
+      key: PRNG key.
+      model: the :class:`~amortflow.models.Model` (``sample_prior_predictive``; unconstrained
+        ``theta``, as the workflow's draws).
+      estimator: the estimator handed to :func:`~amortflow.run_workflow`.
+      num_datasets: ``N`` prior-predictive datasets.
+      config: :class:`~amortflow.WorkflowConfig` (default ``WorkflowConfig()``).
+      num_amortized_draws: draws per dataset for the amortized-only ranks (default
+        ``config.num_draws``).
+      progress: the workflow's progress messages.
+      batch_size: datasets per call of the estimator for the amortized-only draws (memory).
+      **workflow_kwargs: passed to :func:`~amortflow.run_workflow` (``out_dir``, ``stages``, ...).
+    Returns:
+      :class:`WorkflowSBC`.
+    """
+    from amortflow.workflow.config import WorkflowConfig  # diagnostics sit below the workflow:
+    from amortflow.workflow.run import run_workflow  # imported when called
+
+    cfg = config if config is not None else WorkflowConfig()
+    n = int(num_datasets)
+    if n < 1:
+        raise ValueError(f"workflow_sbc: num_datasets must be >= 1, got {num_datasets!r}")
+    s_am = int(num_amortized_draws or cfg.num_draws)
+    k_sim, k_wf, k_am, k_tie = jax.random.split(key, 4)
+    theta, ys = jax.jit(model.sample_prior_predictive, static_argnums=1)(k_sim, n)
+    theta, ys = np.asarray(theta), np.asarray(ys)
+    res = run_workflow(k_wf, model, estimator, ys, cfg, progress=progress, **workflow_kwargs)
+    draws = np.asarray(res.draws)
+    resolved = (np.asarray(res.route) != "failed") & np.all(np.isfinite(draws), axis=(1, 2))
+    ranks = np.asarray(sbc_ranks(theta, np.nan_to_num(draws), jax.random.fold_in(k_tie, 0)))
+    ranks = np.where(resolved[:, None], ranks, -1).astype(np.int32)
+
+    am = estimator.sample(k_am, ys, s_am, **_accepted(estimator.sample, batch_size=batch_size,
+                                                      dataset_ids=jnp.arange(n)))
+    am_ranks = np.asarray(sbc_ranks(theta, am, jax.random.fold_in(k_tie, 1)), np.int32)
+    return WorkflowSBC(theta, ranks, am_ranks, np.asarray(res.route), resolved, int(draws.shape[1]), s_am,
+                       tuple(model.param_names), res)
