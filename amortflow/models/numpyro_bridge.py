@@ -15,13 +15,23 @@ model and ``model_fn(*args, y=data)`` as the scoring model:
   data scored with ``factor`` count), ``beta`` scaling all of them; **prior**: the latent sites
   with numpyro's Jacobian terms. Constraints and dependent supports are numpyro's own.
 
+- **design** (optional): ``design={"x": x_one_dataset, ...}`` names model keywords that change
+  from dataset to dataset (covariates, trials per stimulus). The Model then has
+  ``design_shape = {"x": x.shape, ...}``; its simulator and likelihood take the dataset's values
+  (``Observation(y, beta, design={"x": ...})``, ``run_workflow(..., design=...)``). The prior
+  must not depend on them (checked: the prior is the same for every dataset).
+
+Simulated observations are float32 (booleans and counts included), the dtype every stage uses.
+
 What cannot be taken gets an error naming the site: a discrete latent, an observed keyword the
-model does not take, a site never given ``obs=``.
+model does not take, a site never given ``obs=``, a ``numpyro.param`` site, a prior that
+depends on the design.
 """
 from __future__ import annotations
 
 import inspect
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -75,11 +85,38 @@ def _latents(trace):
     return {n: s for n, s in trace.items() if s["type"] == "sample" and not s["is_observed"]}
 
 
+def _check_no_params(trace):
+    for name, site in trace.items():
+        if site["type"] == "param":
+            raise NumpyroModelError(
+                f"from_numpyro: {name!r} is a numpyro.param site (a value to optimise, not a random "
+                "variable); give it a prior with numpyro.sample, or pass its value as a model argument")
+
+
+def _perturbed(v):
+    """A different value of one design leaf, of the same shape and dtype."""
+    a = np.asarray(v)
+    if a.dtype.kind == "b":
+        return ~a
+    if a.dtype.kind in "iu":
+        return a + 1
+    return a * 1.37 + 0.11
+
+
+def _dist_name(fn) -> str:
+    """The user's distribution behind numpyro's wrappers (``plate`` expands, ``to_event``, masks)."""
+    from numpyro.distributions import ExpandedDistribution, Independent, MaskedDistribution
+
+    while isinstance(fn, (ExpandedDistribution, Independent, MaskedDistribution)):
+        fn = fn.base_dist
+    return type(fn).__name__
+
+
 def _check_latents(latents, sim_trace, obs_names, site_names):
     for name, site in latents.items():
         if getattr(site["fn"], "is_discrete", False) or getattr(site["fn"].support, "is_discrete", False):
             raise NumpyroModelError(
-                f"from_numpyro: latent site {name!r} is discrete ({type(site['fn']).__name__}); "
+                f"from_numpyro: latent site {name!r} is discrete ({_dist_name(site['fn'])}); "
                 "amortflow samples continuous parameters only: marginalise it out (e.g. with a "
                 "mixture distribution) or make it observed")
     for obs_name, site in zip(obs_names, site_names):
@@ -121,7 +158,8 @@ def _check_prior_draws(bound, model_fn, num: int = 16) -> None:
 
 
 def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: str | tuple[str, ...] | None = None,
-                 name: str | None = None, obs_kind: str | None = None, **kwargs) -> Model:
+                 name: str | None = None, obs_kind: str | None = None, design: dict | None = None,
+                 **kwargs) -> Model:
     """Build a :class:`Model` from a numpyro model function.
 
     Args:
@@ -131,6 +169,10 @@ def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: st
       obs_site: the sample site(s) holding the simulated observation; defaults to ``obs``.
       name: model name; defaults to the function's name.
       obs_kind: ``"set"``, ``"vector"`` or ``"grid"`` (see :func:`make_model`).
+      design: ``{keyword: value for ONE dataset}``: model keywords that differ per dataset
+        (covariates, ...); the values here fix their shapes and dtypes (and are used where one
+        value is needed: prior draws, the checks). Each dataset's own values ride in
+        ``Observation.design`` as ``{keyword: [K, ...]}``.
     Raises:
       NumpyroModelError: naming the site or keyword that cannot be taken, and what to do.
     """
@@ -139,14 +181,27 @@ def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: st
     if len(site_names) != len(obs_names):
         raise NumpyroModelError(f"from_numpyro: {len(obs_names)} observed keywords but {len(site_names)} obs_site names")
     _check_keywords(model_fn, obs_names)
+    design = None if design is None else {str(k): v for k, v in dict(design).items()}
+    if design is not None:
+        _check_keywords(model_fn, tuple(design))
+        clash = sorted(set(design) & (set(kwargs) | set(obs_names)))
+        if clash:
+            raise NumpyroModelError(f"from_numpyro: {clash[0]!r} is given both as design and as a fixed "
+                                    "keyword or observed keyword; name it in one place")
+    proto_design = None if design is None else {k: jnp.asarray(v) for k, v in design.items()}
 
-    def bound(y=None):
+    def bound(y=None, design=None):
         data = split(y) if y is not None else {n: None for n in obs_names}
-        return model_fn(*args, **{**kwargs, **data})
+        if design is not None and (not isinstance(design, dict) or set(design) != set(proto_design or ())):
+            got = sorted(design) if isinstance(design, dict) else type(design).__name__
+            raise NumpyroModelError(f"from_numpyro model: design must be a dict with the keywords "
+                                    f"{sorted(proto_design or ())}, got {got}")
+        return model_fn(*args, **{**kwargs, **(design or proto_design or {}), **data})
 
-    generative = lambda: model_fn(*args, **{**kwargs, **{n: None for n in obs_names}})  # noqa: E731
+    generative = lambda: bound()  # noqa: E731
     _check_prior_draws(generative, model_fn)
     sim = _trace(generative, jax.random.PRNGKey(0))
+    _check_no_params(sim)
     for site in site_names:
         if site not in sim:
             raise NumpyroModelError(f"from_numpyro: the model has no sample site named {site!r} "
@@ -167,6 +222,7 @@ def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: st
 
     y_proto = join([jnp.asarray(v) for v in values])
     scored = _trace(bound, jax.random.PRNGKey(0), y=y_proto)
+    _check_no_params(scored)
     latents = _latents(scored)
     if not latents:
         raise NumpyroModelError("from_numpyro: the model has no latent sample sites (no parameters)")
@@ -178,6 +234,13 @@ def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: st
         n = int(np.size(unc_proto[k]))
         param_names += [k] if n == 1 and np.ndim(unc_proto[k]) == 0 else [f"{k}[{i}]" for i in range(n)]
 
+    def prior_at(theta, d):
+        return -_np_potential(_DropSites(partial(bound, design=d), observed), y_proto, unravel(theta))
+
+    observed = [n for n, site in scored.items() if site["type"] == "sample" and site["is_observed"]]
+    if design is not None:
+        _check_prior_free_of_design(prior_at, unravel, unc_proto, proto_design, latents)
+
     def sample_prior(key, n):
         def one(k):
             tr = _trace(bound, k)
@@ -185,29 +248,30 @@ def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: st
 
         return jax.vmap(one)(jax.random.split(key, n))
 
-    def constrain(theta):
+    def constrain(theta, d=None):
         # observed values supplied so no site needs a PRNG key; only parameter sites returned
-        out = _np_constrain_fn(bound, (), {"y": y_proto}, unravel(theta))
+        out = _np_constrain_fn(partial(bound, design=d), (), {"y": y_proto}, unravel(theta))
         return {k: out[k] for k in sorted(latents)}
 
-    def simulate(key, theta):
-        tr = _trace(handlers.condition(bound, constrain(theta)), key)
-        return join([tr[s]["value"] for s in site_names])
-
-    observed = [n for n, site in scored.items() if site["type"] == "sample" and site["is_observed"]]
+    def simulate(key, theta, d=None):
+        tr = _trace(handlers.condition(partial(bound, design=d), constrain(theta, d)), key)
+        return join([tr[s]["value"] for s in site_names]).astype(jnp.float32)
 
     def log_prior(theta):
-        return -_np_potential(_DropSites(bound, observed), y_proto, unravel(theta))
+        return prior_at(theta, None)
 
-    def log_likelihood(theta, y):
-        tr = handlers.trace(handlers.substitute(bound, constrain(theta))).get_trace(y=y)
+    def log_likelihood(theta, y, d=None):
+        tr = handlers.trace(handlers.substitute(partial(bound, design=d), constrain(theta, d))).get_trace(y=y)
         total = 0.0
         for site in tr.values():
             if site["type"] == "sample" and site["is_observed"]:
                 # data outside the support (non-integer or negative counts, ...) have zero
                 # likelihood; numpyro's log_prob would return a finite number for them
                 inside = jnp.all(site["fn"].support.check(site["value"]))
-                total = total + jnp.where(inside, jnp.sum(site["fn"].log_prob(site["value"])), -jnp.inf)
+                lp = jnp.sum(site["fn"].log_prob(site["value"]))
+                if site.get("scale") is not None:  # handlers.scale / subsampled plates, as numpyro
+                    lp = lp * site["scale"]
+                total = total + jnp.where(inside, lp, -jnp.inf)
         return total
 
     return make_model(
@@ -215,9 +279,27 @@ def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: st
         param_names=tuple(param_names), obs_shape=tuple(np.shape(y_proto)), obs_kind=obs_kind,
         sample_prior=sample_prior, simulate=simulate, log_prior=log_prior,
         log_likelihood=log_likelihood, constrain=constrain,
+        design_shape=None if design is None else {k: tuple(np.shape(v)) for k, v in design.items()},
         info={"source": "numpyro", "obs": list(obs_names), "obs_site": list(site_names),
+              "design": None if design is None else sorted(design),
               "dim": int(flat.size), "simulation_only_sites": sorted(set(_latents(sim)) - set(latents) - set(site_names))},
     )
+
+
+def _check_prior_free_of_design(prior_at, unravel, unc_proto, proto_design, latents) -> None:
+    """The Model's prior takes no design, so it must be the same for every dataset's design:
+    compare it at a few parameter values under the example design and a perturbed one."""
+    flat = ravel_pytree(unc_proto)[0]
+    other = {k: jnp.asarray(_perturbed(v)) for k, v in proto_design.items()}
+    thetas = flat + 0.5 * jax.random.normal(jax.random.PRNGKey(7), (4,) + flat.shape, flat.dtype)
+    a = np.asarray(jax.vmap(lambda t: prior_at(t, proto_design))(thetas))
+    b = np.asarray(jax.vmap(lambda t: prior_at(t, other))(thetas))
+    same = (a == b) | np.isclose(a, b, rtol=1e-6, atol=1e-6)
+    if not same.all():
+        raise NumpyroModelError(
+            f"from_numpyro: the prior of the latent sites {sorted(latents)} changes with the design "
+            f"keywords {sorted(proto_design)}; amortflow needs one prior for all datasets: pass the "
+            "keywords the prior uses as fixed arguments, and as design only what the likelihood uses")
 
 
 def _np_potential(fn, y, params):
