@@ -274,11 +274,14 @@ def from_numpyro(model_fn, *args, obs: str | tuple[str, ...] = "y", obs_site: st
                 total = total + jnp.where(inside, lp, -jnp.inf)
         return total
 
+    # jitted: numpyro's handlers run op by op outside jit (seconds per eager, vmapped call of a
+    # small model); under the callers' own jit these are plain nested calls
     return make_model(
         name=name or getattr(model_fn, "__name__", "numpyro_model"),
         param_names=tuple(param_names), obs_shape=tuple(np.shape(y_proto)), obs_kind=obs_kind,
-        sample_prior=sample_prior, simulate=simulate, log_prior=log_prior,
-        log_likelihood=log_likelihood, constrain=constrain,
+        sample_prior=jax.jit(sample_prior, static_argnums=1), simulate=jax.jit(simulate),
+        log_prior=jax.jit(log_prior), log_likelihood=jax.jit(log_likelihood),
+        constrain=jax.jit(lambda theta: constrain(theta)),
         design_shape=None if design is None else {k: tuple(np.shape(v)) for k, v in design.items()},
         info={"source": "numpyro", "obs": list(obs_names), "obs_site": list(site_names),
               "design": None if design is None else sorted(design),
