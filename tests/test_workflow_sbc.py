@@ -141,3 +141,16 @@ def test_plot_workflow_sbc(good):
 def test_workflow_sbc_rejects_no_datasets(gaussian_model, gaussian_estimator):
     with pytest.raises(ValueError, match="num_datasets"):
         workflow_sbc(jax.random.PRNGKey(0), gaussian_model, gaussian_estimator, 0, CONFIG)
+    with pytest.raises(ValueError, match="num_datasets"):
+        workflow_sbc(jax.random.PRNGKey(0), gaussian_model, gaussian_estimator, config=CONFIG)
+
+
+def test_workflow_sbc_takes_simulations_made_elsewhere(gaussian_model, gaussian_estimator):
+    theta, ys = gaussian_model.sample_prior_predictive(jax.random.PRNGKey(5), 12)
+    sbc = workflow_sbc(jax.random.PRNGKey(6), gaussian_model, gaussian_estimator, config=CONFIG, data=(theta, ys),
+                       num_amortized_draws=99)
+    _check_consistent(sbc, 12, gaussian_model.dim)
+    np.testing.assert_array_equal(sbc.theta, np.asarray(theta))
+    assert sbc.num_amortized_draws == 99 and sbc.amortized_ranks.max() <= 99
+    with pytest.raises(ValueError, match="holds 12"):
+        workflow_sbc(jax.random.PRNGKey(6), gaussian_model, gaussian_estimator, 10, CONFIG, data=(theta, ys))

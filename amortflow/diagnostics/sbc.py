@@ -309,6 +309,9 @@ class WorkflowSBC(NamedTuple):
       route: ``[N]`` route of each dataset (``res.route``).
       resolved: ``[N]`` bool, the datasets with finite final draws (ranks ``>= 0``).
       num_draws: ``S`` final draws per dataset (``config.num_draws``).
+      data: ``(theta [N, d], ys [N, *obs_shape])`` prior-predictive simulations made elsewhere
+        (e.g. ``model.sample_prior_predictive``), instead of ``num_datasets``; only valid if
+        ``theta`` was drawn from the prior and ``ys`` from the model given it.
       num_amortized_draws: draws per dataset behind ``amortized_ranks``.
       param_names: the ``d`` unconstrained parameter names.
       result: the :class:`~amortflow.workflow.WorkflowResult` of the run (routes, diagnostics,
@@ -420,8 +423,9 @@ def _accepted(fn, **kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-def workflow_sbc(key, model, estimator, num_datasets: int, config=None, *, num_amortized_draws: int | None = None,
-                 progress: bool = False, batch_size: int | None = None, **workflow_kwargs) -> WorkflowSBC:
+def workflow_sbc(key, model, estimator, num_datasets: int | None = None, config=None, *, data=None,
+                 num_amortized_draws: int | None = None, progress: bool = False, batch_size: int | None = None,
+                 **workflow_kwargs) -> WorkflowSBC:
     """SBC of the whole routed workflow: every route's final draws, beside the amortized draws.
 
     Draws ``theta ~ p(theta)``, ``y ~ p(y | theta)`` for ``num_datasets`` datasets, runs
@@ -431,13 +435,21 @@ def workflow_sbc(key, model, estimator, num_datasets: int, config=None, *, num_a
     answered by the estimator alone (``num_amortized_draws`` draws, no gate): its ranks show what
     the workflow had to correct. See :meth:`WorkflowSBC.tests` for the ECDF-band tests.
 
+    The final draws need not be independent (MCMC chains, PSIS resampling repeats draws): ranks
+    among correlated draws that follow the posterior are uniform up to a resolution of about
+    ``1 / ESS`` in fractional rank, far below what ``N`` datasets can resolve at the ESS the
+    workflow's gates ask for; an ESS of a few draws shows up as ranks piling at ``0`` and ``S``.
+
     Args:
       key: PRNG key.
       model: the :class:`~amortflow.models.Model` (``sample_prior_predictive``; unconstrained
         ``theta``, as the workflow's draws).
       estimator: the estimator handed to :func:`~amortflow.run_workflow`.
-      num_datasets: ``N`` prior-predictive datasets.
+      num_datasets: ``N`` prior-predictive datasets (simulated here from ``key``).
       config: :class:`~amortflow.WorkflowConfig` (default ``WorkflowConfig()``).
+      data: ``(theta [N, d], ys [N, *obs_shape])`` prior-predictive simulations made elsewhere
+        (e.g. ``model.sample_prior_predictive``), instead of ``num_datasets``; only valid if
+        ``theta`` was drawn from the prior and ``ys`` from the model given it.
       num_amortized_draws: draws per dataset for the amortized-only ranks (default
         ``config.num_draws``).
       progress: the workflow's progress messages.
@@ -450,13 +462,26 @@ def workflow_sbc(key, model, estimator, num_datasets: int, config=None, *, num_a
     from amortflow.workflow.run import run_workflow  # imported when called
 
     cfg = config if config is not None else WorkflowConfig()
-    n = int(num_datasets)
-    if n < 1:
-        raise ValueError(f"workflow_sbc: num_datasets must be >= 1, got {num_datasets!r}")
-    s_am = int(num_amortized_draws or cfg.num_draws)
     k_sim, k_wf, k_am, k_tie = jax.random.split(key, 4)
-    theta, ys = jax.jit(model.sample_prior_predictive, static_argnums=1)(k_sim, n)
-    theta, ys = np.asarray(theta), np.asarray(ys)
+    if data is not None:
+        theta, ys = np.asarray(data[0]), np.asarray(data[1])
+        if theta.ndim != 2 or theta.shape[1] != model.dim or ys.shape[0] != theta.shape[0]:
+            raise ValueError(f"workflow_sbc: data must be (theta [N, {model.dim}], ys [N, ...]) with one "
+                             f"dataset per theta, got shapes {theta.shape} and {ys.shape}")
+        if num_datasets is not None and int(num_datasets) != theta.shape[0]:
+            raise ValueError(f"workflow_sbc: num_datasets={num_datasets} but data holds {theta.shape[0]} datasets")
+        n = int(theta.shape[0])
+    else:
+        if num_datasets is None:
+            raise ValueError("workflow_sbc: give num_datasets (or data=(theta, ys))")
+        n = int(num_datasets)
+        theta = ys = None
+    if n < 1:
+        raise ValueError(f"workflow_sbc: num_datasets must be >= 1, got {n}")
+    if theta is None:
+        theta, ys = jax.jit(model.sample_prior_predictive, static_argnums=1)(k_sim, n)
+        theta, ys = np.asarray(theta), np.asarray(ys)
+    s_am = int(num_amortized_draws or cfg.num_draws)
     res = run_workflow(k_wf, model, estimator, ys, cfg, progress=progress, **workflow_kwargs)
     draws = np.asarray(res.draws)
     resolved = (np.asarray(res.route) != "failed") & np.all(np.isfinite(draws), axis=(1, 2))
