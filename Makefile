@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.amortflow-installed
 # Two host devices so datasets are sharded over both CPU cores (no effect on GPU).
 HOSTDEV := XLA_FLAGS="--xla_force_host_platform_device_count=2 $(XLA_FLAGS)"
-BENCHES := amortized diagnostics mcmc gev
+BENCHES := amortized diagnostics mcmc gev defaults
 
 .PHONY: install demo test test-slow bench notebooks clean $(addprefix bench-,$(BENCHES))
 
@@ -42,6 +42,9 @@ bench-mcmc: $(STAMP)
 
 bench-gev: $(STAMP)
 	$(HOSTDEV) $(PY) benchmarks/bench_gev.py
+
+bench-defaults: $(STAMP)
+	$(HOSTDEV) $(PY) benchmarks/bench_defaults.py
 
 notebooks: $(STAMP)
 	AMORTFLOW_NOTEBOOK_MODE=full $(PY) -m amortflow.notebook_runner notebooks

@@ -322,8 +322,58 @@ def _section_mcmc(d: dict) -> list[str]:
     return out
 
 
+def _section_defaults(d: dict) -> list[str]:
+    models = d.get("models") or {}
+    lines = [_env_line(d), "",
+             f"Defaults only: `af.fit_posterior(key, model)` and `af.run_workflow(key, model, est, ys, "
+             f"af.WorkflowConfig())` on {d.get('num_sbc_datasets')} prior-predictive datasets per model (one "
+             f"batched call); the first {d.get('num_test_datasets')} are checked against numpyro NUTS. "
+             "Without MCMC = routes amortized / psis / refined. SBC: ECDF simultaneous-band test of the "
+             "final draws (whatever the route) and of the amortized draws alone; PASS = every parameter's "
+             "p-value >= 0.05 / d (Bonferroni).", ""]
+    if d.get("quick"):
+        lines += ["_Quick mode: shortened training, few datasets — indicative only._", ""]
+    rows = []
+    for name, m in models.items():
+        w, acc, sbc, tr = m.get("workflow", {}), m.get("accuracy") or {}, m.get("sbc") or {}, m.get("training", {})
+        rc = w.get("route_counts") or {}
+        routes = ", ".join(f"{r} {c}" for r, c in rc.items() if c)
+        fin, am = sbc.get("final") or {}, sbc.get("amortized") or {}
+
+        def verdict(t):
+            if not t.get("num_datasets"):
+                return "–"
+            return f"{'PASS' if t.get('passed') else 'FAIL'} (min p {_fmt(t.get('min_pvalue'))})"
+
+        accurate = (f"{acc.get('num_accurate')} / {acc.get('num_evaluable')} "
+                    f"({100 * (acc.get('fraction_accurate') or 0):.0f}%)" if acc else "–")
+        rows.append((f"`{name}` ({m.get('dim')} params)", accurate,
+                     f"{100 * (w.get('fraction_without_mcmc') or 0):.1f}%", routes,
+                     verdict(fin) + (f", {sbc.get('num_failed')} failed" if sbc.get("num_failed") else ""),
+                     verdict(am), tr.get("wall_s"), w.get("wall_s"), m.get("total_s")))
+    lines += _table(rows, ("model", "accurate / evaluable", "without MCMC", "routes (all datasets)",
+                           "SBC final", "SBC amortized only", "training (s)", "workflow (s)", "total (s)"))
+    stage_rows = []
+    for name, m in models.items():
+        for k, v in ((m.get("workflow") or {}).get("stage_time_s") or {}).items():
+            stage_rows.append((f"`{name}`", k, v))
+    if stage_rows:
+        lines += [""] + _table(stage_rows, ("model", "stage", "time (s)"))
+    g = d.get("goals") or {}
+    if g:
+        lines += ["", "Goals: " + ", ".join(f"{k} **{'PASS' if v else ('–' if v is None else 'FAIL')}**"
+                                          for k, v in g.items())]
+        per = [f"`{n}`: " + ", ".join(f"{k} {'yes' if v else ('–' if v is None else 'no')}"
+                                      for k, v in (m.get("goals") or {}).items()) for n, m in models.items()]
+        lines += [""] + [f"- {p}" for p in per]
+    if d.get("criterion"):
+        lines += ["", "Accuracy criterion: " + d["criterion"]]
+    return lines
+
+
 _SECTIONS = (
     ("gev", "GEV workflow: the paper's Table 1 row (`make bench-gev`)", _section_gev),
+    ("defaults", "Defaults end to end on four models (`make bench-defaults`)", _section_defaults),
     ("amortized", "Amortized stage (`make bench-amortized`)", _section_amortized),
     ("diagnostics", "Diagnostics (`make bench-diagnostics`)", _section_diagnostics),
     ("mcmc", "Many-chain MCMC (`make bench-mcmc`)", _section_mcmc),
