@@ -26,10 +26,11 @@ from amortflow.errors import (CheckpointError, ConfigError, ObservationError, Pr
 from amortflow.nets import FlowSpec, MLPSummarySpec
 
 S = 200
+MAX_ERR = 0.2  # the Monte Carlo error gate 200 draws can meet (the default 0.1 needs 484)
 LADDER = mcmc.Ladder((mcmc.Rung("chees", mcmc.chees.cpu_profile(
     num_superchains=4, chains_per_superchain=8, num_warmup=100, num_samples=32)),),
     bucket_size=4, num_prior_draws=256)
-CFG = dict(num_draws=S, num_ood_simulations=400, mcmc=LADDER)
+CFG = dict(num_draws=S, num_ood_simulations=400, mcmc=LADDER, psis_max_error=MAX_ERR)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +161,8 @@ def test_from_numpyro_names_what_it_cannot_take(build, words):
 @pytest.mark.parametrize("kw, field", [
     (dict(khat_threshold=5), "khat_threshold"), (dict(psis_min_ess=-10), "psis_min_ess"),
     (dict(psis_min_ess=1e9), "psis_min_ess"), (dict(num_ood_simulations=3), "num_ood_simulations"),
+    (dict(psis_max_error=0.0), "psis_max_error"), (dict(psis_max_error=2.0), "psis_max_error"),
+    (dict(num_draws=300), "psis_max_error"),  # the default 0.1-sd error gate needs 484 draws
     (dict(num_ood_simulations=0), "num_ood_simulations"), (dict(num_draws=0), "num_draws"),
     (dict(num_draws=-5), "num_draws"), (dict(num_draws=10.5), "num_draws"),
     (dict(psis_on_all="no"), "psis_on_all"), (dict(mcmc_chunk=0), "mcmc_chunk"),
@@ -364,3 +367,25 @@ def test_ctrl_c_exits_130_without_a_crash(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, (p.returncode, err[-2000:])
     assert "interrupted" in err
+
+
+def test_nan_log_density_is_never_accepted_by_importance_sampling(gaussian_model, gaussian_estimator, data):
+    """A likelihood that returns NaN on part of the parameter space (a bug in the model) must
+    not end "amortized", "psis" or "refined": PSIS alone would treat those draws as weight 0."""
+    base = gaussian_model
+
+    def log_likelihood(theta, y):
+        ll = base.log_likelihood(theta, y)
+        return jnp.where(theta[0] > 0.3, jnp.nan, ll)
+
+    broken = af.make_model(name=base.name, param_names=base.param_names, obs_shape=base.obs_shape,
+                           obs_kind=base.obs_kind, sample_prior=base.sample_prior, simulate=base.simulate,
+                           log_prior=base.log_prior, log_likelihood=log_likelihood)
+    # datasets whose posterior straddles theta_0 = 0.3, so some draws land in the NaN region
+    ys = data[:4] - data[:4, :, :1].mean(axis=1, keepdims=True) * np.array([1.0, 0.0]) + np.array([0.3, 0.0])
+    res = _run(broken, gaussian_estimator, ys.astype(np.float32), psis_on_all=False)
+    assert not np.isin(res.route, ["amortized", "psis", "refined"]).any(), res.route
+    # MCMC may still settle the dataset (the sampler sees those draws as zero density), and
+    # then the reason it was escalated for says why; otherwise it fails with MCMC's reason
+    for route, why in zip(res.route, res.reason):
+        assert why and (route == "failed" or "NaN" in why), (route, why)

@@ -151,3 +151,39 @@ def test_systematic_resampling_counts_and_noise():
 
 def test_exported():
     assert af.diagnostics.psis is psis and af.diagnostics.PSISResult._fields == ("log_weights", "khat", "ess")
+
+
+def test_is_mcse_matches_repeated_sampling():
+    """The predicted Monte Carlo errors of weighted mean, sd and 5% quantile match their spread
+    over 400 independent importance-sampling runs (proposal N(0, 1.5^2), target N(0, 1))."""
+    from amortflow.diagnostics import is_mcse
+
+    r, s = 400, 1000
+    z = 1.5 * jax.random.normal(jax.random.PRNGKey(0), (r, s, 1))
+    lw = (-0.5 * z**2 + 0.5 * (z / 1.5) ** 2)[..., 0]
+    err = is_mcse(z, lw)
+    w = np.exp(np.asarray(lw) - np.asarray(lw).max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    x = np.asarray(z[..., 0], np.float64)
+    mean = (w * x).sum(1)
+    sd = np.sqrt((w * (x - mean[:, None]) ** 2).sum(1))
+    order = np.argsort(x, 1)
+    cw = np.cumsum(np.take_along_axis(w, order, 1), 1)
+    q05 = np.take_along_axis(x, order, 1)[np.arange(r), (cw < 0.05).sum(1)]
+    np.testing.assert_allclose(np.asarray(err.mean[:, 0]), mean, rtol=1e-4, atol=1e-5)
+    for pred, est in ((err.mean_error[:, 0], mean), (err.sd_error[:, 0], sd), (err.quantile_error[:, 0, 0], q05)):
+        # target sd = 1, so relative and absolute errors agree up to the estimated sd
+        assert abs(float(np.mean(pred)) / np.std(est) - 1) < 0.2, (float(np.mean(pred)), np.std(est))
+    # equal weights: the textbook 1 / sqrt(S) for the mean; max_error names the worst functional
+    eq = is_mcse(z[:1], jnp.zeros((1, s)))
+    assert abs(float(eq.mean_error[0, 0]) * np.sqrt(s) - 1) < 1e-3
+    assert int(eq.worst[0, 1]) >= 2  # a tail quantile is the hardest summary
+
+
+def test_is_mcse_degenerate_rows():
+    from amortflow.diagnostics import is_mcse
+
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 200, 2))
+    lw = jnp.zeros((3, 200)).at[1].set(-jnp.inf).at[2, 1:].set(-jnp.inf)  # no weight; one draw
+    err = is_mcse(x, lw)
+    assert np.isfinite(err.max_error[0]) and np.isinf(err.max_error[1]) and np.isinf(err.max_error[2])

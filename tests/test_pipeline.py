@@ -15,6 +15,7 @@ from amortflow.workflow import Stage, StageResult, amortized_stage, default_stag
 from amortflow.workflow.pipeline import OPEN
 
 S = 400
+MAX_ERR = 0.15  # the Monte Carlo error gate 400 draws can meet (the default 0.1 needs 484)
 LADDER = mcmc.Ladder((mcmc.Rung("chees", mcmc.chees.cpu_profile(
     num_superchains=4, chains_per_superchain=8, num_warmup=150, num_samples=64)),),
     bucket_size=4, num_prior_draws=256)
@@ -36,14 +37,14 @@ def _check_tempered(model, ys, draws, beta, rows, tol=0.35):
 
 
 @pytest.mark.parametrize("route, cfg", [
-    ("psis", dict(psis_on_all=True, khat_threshold=0.7)),
+    ("psis", dict(psis_on_all=True, khat_threshold=0.7, psis_max_error=None)),  # the mechanics, not the gate
     ("mcmc", dict(psis_on_all=True, khat_threshold=-np.inf)),
 ])
 def test_tempered_workflow_matches_power_posterior(gaussian_model, gaussian_estimator, data, route, cfg):
     """beta in the observation: PSIS reweights to the tempered target and MCMC samples it (the
     estimator is q(theta | y) at beta = 1, wider than the beta = 0.5 posterior's tails need)."""
     beta = np.array([0.5, 0.5, 0.5, 1.0, 0.7, 0.5])
-    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, mcmc=LADDER, **cfg)
+    config = af.WorkflowConfig(**{"num_draws": S, "psis_max_error": MAX_ERR, "num_ood_simulations": 1000, "mcmc": LADDER, **cfg})
     res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, gaussian_estimator, data, config,
                           beta=beta, progress=False)
     rows = np.nonzero(res.route == route)[0]
@@ -58,7 +59,7 @@ def test_tempered_workflow_matches_power_posterior(gaussian_model, gaussian_esti
 
 def test_observation_carries_beta_and_bad_beta_fails_alone(gaussian_model, gaussian_estimator, data):
     obs = af.observe(data, beta=np.array([1.0, 0.0, 1.0, np.nan, 1.0, 2.0]))
-    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
+    config = af.WorkflowConfig(num_draws=S, psis_max_error=MAX_ERR, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
     res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, gaussian_estimator, obs, config, progress=False)
     assert list(res.route[[1, 3]]) == ["failed", "failed"]
     assert all("beta" in r for r in res.reason[[1, 3]])
@@ -68,7 +69,7 @@ def test_observation_carries_beta_and_bad_beta_fails_alone(gaussian_model, gauss
 def test_inserted_stage_decides_its_datasets_and_leaves_the_rest(gaussian_model, gaussian_estimator, data):
     """A user stage between stage 1 and PSIS: it claims datasets 0 and 1 with a route of its own
     and exact draws; the others continue exactly as without it."""
-    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, psis_on_all=True,
+    config = af.WorkflowConfig(num_draws=S, psis_max_error=MAX_ERR, num_ood_simulations=1000, psis_on_all=True,
                                khat_threshold=0.7, mcmc=LADDER)
 
     def exact(key, inp):
@@ -118,7 +119,7 @@ class _SamplingOnly:
 def test_estimator_without_density_goes_to_mcmc(gaussian_model, gaussian_estimator, data):
     est = _SamplingOnly(gaussian_estimator)
     assert isinstance(est, Estimator) and not est.has_log_prob
-    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
+    config = af.WorkflowConfig(num_draws=S, psis_max_error=MAX_ERR, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
     stages = default_stages(gaussian_model, est, config, progress=False)
     assert [s.name for s in stages] == ["amortized", "mcmc"]
     res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, est, data, config, progress=False)
@@ -134,7 +135,7 @@ def test_every_estimator_kind_runs_through_the_workflow(kind, tmp_path, gaussian
     builders[kind]().save(tmp_path / "est")
     est = af.load_estimator(tmp_path / "est")
     assert est.kind == kind and isinstance(est, Estimator)
-    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
+    config = af.WorkflowConfig(num_draws=S, psis_max_error=MAX_ERR, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
     stages = (amortized_stage(gaussian_model, est, num_draws=S, num_ood_simulations=1000,
                               accept_in_distribution=False),
               mcmc_stage(gaussian_model, config.ladder(), num_output_draws=S, progress=False))
@@ -150,7 +151,7 @@ def test_refinement_stage_recovers_what_psis_refused(gaussian_model, gaussian_es
     from amortflow.workflow import psis_stage, refine_stage
 
     beta = np.array([1.0, 0.5, 1.0, 0.5, 1.0, 0.5])
-    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
+    config = af.WorkflowConfig(num_draws=S, psis_max_error=MAX_ERR, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
     stages = (amortized_stage(gaussian_model, gaussian_estimator, num_draws=S, num_ood_simulations=1000,
                               accept_in_distribution=False),
               psis_stage(gaussian_model, num_draws=S, khat_threshold=-np.inf),

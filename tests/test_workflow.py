@@ -9,6 +9,7 @@ from amortflow.mcmc import ConvergenceGate, Ladder, Rung
 from amortflow.nets import DeepSetSpec, FlowSpec
 
 S = 400
+MAX_ERR = 0.15  # the Monte Carlo error gate 400 draws can meet (the default 0.1 needs 484)
 CHEES = mcmc.chees.cpu_profile(num_superchains=4, chains_per_superchain=8, num_warmup=150, num_samples=64)
 NUTS = mcmc.nuts.cpu_profile(num_chains=4, num_warmup=300, num_samples=400)
 NEVER = ConvergenceGate(rhat_threshold=1.0)  # nested R-hat is never below 1: always escalate
@@ -44,8 +45,8 @@ def data(gaussian_model):
         ("amortized", dict(ood_alpha=1e-3, psis_on_all=False, mcmc=_policy(Stage("chees", CHEES)))),
         # every dataset must pass PSIS; a good estimator passes it (systematic resampling, the
         # default, and multinomial)
-        ("psis", dict(psis_on_all=True, khat_threshold=0.7, mcmc=_policy(Stage("chees", CHEES)))),
-        ("psis", dict(psis_on_all=True, khat_threshold=0.7, psis_resample="multinomial",
+        ("psis", dict(psis_on_all=True, khat_threshold=0.7, psis_max_error=None, mcmc=_policy(Stage("chees", CHEES)))),
+        ("psis", dict(psis_on_all=True, khat_threshold=0.7, psis_max_error=None, psis_resample="multinomial",
                       mcmc=_policy(Stage("chees", CHEES)))),
         # an impossible k-hat gate sends every dataset to many-chain MCMC
         ("mcmc", dict(psis_on_all=True, khat_threshold=-np.inf, mcmc=_policy(Stage("chees", CHEES)))),
@@ -56,7 +57,7 @@ def data(gaussian_model):
     ],
 )
 def test_forced_routes_match_analytic_posterior(gaussian_model, gaussian_estimator, data, expected, cfg):
-    config = af.WorkflowConfig(num_draws=S, num_ood_simulations=1000, **cfg)
+    config = af.WorkflowConfig(**{"num_draws": S, "psis_max_error": MAX_ERR, "num_ood_simulations": 1000, **cfg})
     res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, gaussian_estimator, data, config, progress=False)
     rows = np.nonzero(res.route == expected)[0]
     assert rows.size >= 5, res.route  # (the OOD check may flag a dataset at random)
@@ -69,7 +70,7 @@ def test_forced_routes_match_analytic_posterior(gaussian_model, gaussian_estimat
 
 
 def test_unconverged_datasets_fail_with_diagnostics(gaussian_model, gaussian_estimator, data):
-    config = af.WorkflowConfig(num_draws=S, psis_on_all=True, khat_threshold=-np.inf, num_ood_simulations=1000,
+    config = af.WorkflowConfig(num_draws=S, psis_max_error=MAX_ERR, psis_on_all=True, khat_threshold=-np.inf, num_ood_simulations=1000,
                                mcmc=_policy(Stage("chees", CHEES, gate=NEVER)))
     res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, gaussian_estimator, data, config, progress=False)
     assert (res.route == "failed").all()
@@ -79,7 +80,7 @@ def test_unconverged_datasets_fail_with_diagnostics(gaussian_model, gaussian_est
 def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, gaussian_model, gaussian_estimator, data):
     wf = mcmc  # the MCMC stage calls mcmc.run_ladder
 
-    config = af.WorkflowConfig(num_draws=S, psis_on_all=True, khat_threshold=-np.inf, num_ood_simulations=1000,
+    config = af.WorkflowConfig(num_draws=S, psis_max_error=MAX_ERR, psis_on_all=True, khat_threshold=-np.inf, num_ood_simulations=1000,
                                mcmc_chunk=2, mcmc=_policy(Stage("chees", CHEES)))
     key = jax.random.PRNGKey(5)
     full = af.run_workflow(key, gaussian_model, gaussian_estimator, data, config, progress=False)
@@ -133,7 +134,7 @@ def test_bad_datasets_fail_with_reasons_and_do_not_stop_others():
     impossible = ys[1].copy()
     impossible[0] = -1000.0  # outside the support of every prior draw (needs sigma/xi > 1000)
     ys.append(impossible)
-    config = af.WorkflowConfig(num_draws=S, psis_on_all=True, num_ood_simulations=1000,
+    config = af.WorkflowConfig(num_draws=S, psis_max_error=MAX_ERR, psis_on_all=True, num_ood_simulations=1000,
                                mcmc=_policy(Stage("chees", CHEES)))
     res = af.run_workflow(jax.random.PRNGKey(2), model, est, ys, config, progress=False)
     assert res.route[4] == "failed" and "shape (64,)" in res.reason[4]
@@ -153,3 +154,31 @@ def test_workflow_config_rejects_unknown_resampling():
     with pytest.raises(ValueError, match="psis_resample"):
         af.WorkflowConfig(psis_resample="residual")
     assert af.WorkflowConfig.high_stakes().psis_min_ess == pytest.approx(0.6 * af.WorkflowConfig.num_draws)
+
+
+def test_importance_sampling_answers_keep_their_weights(gaussian_model, gaussian_estimator, data, tmp_path):
+    """PSIS / refined datasets keep the weighted draws behind their resampled ones: summaries
+    use the weighted estimate, and the weights survive save / load and reach ArviZ."""
+    config = af.WorkflowConfig(num_draws=S, psis_max_error=None, psis_on_all=True, num_ood_simulations=1000,
+                               mcmc=_policy(Stage("chees", CHEES)))
+    res = af.run_workflow(jax.random.PRNGKey(3), gaussian_model, gaussian_estimator, data, config, progress=False)
+    is_rows = np.nonzero(np.isin(res.route, ["psis", "refined"]))[0]
+    assert is_rows.size >= 3 and res.weighted is not None
+    wd, lw = res.weighted
+    assert np.isfinite(lw[is_rows]).any(axis=1).all()
+    other = np.setdiff1d(np.arange(res.num_datasets), is_rows)
+    assert not np.isfinite(lw[other]).any()
+    w = np.exp(lw[is_rows] - lw[is_rows].max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    expect = (w * wd[is_rows, :, 0]).sum(1)
+    np.testing.assert_allclose(res.posterior_mean()["theta_0"][is_rows], expect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.table()["theta_0_mean"].to_numpy()[is_rows], expect, rtol=1e-5, atol=1e-6)
+    # the resampled draws agree with the weighted estimate to within resampling noise
+    sd = res.posterior_sd()["theta_0"][is_rows]
+    assert np.all(np.abs(res.draws[is_rows, :, 0].mean(1) - expect) < 0.1 * sd)
+    res.save(tmp_path / "r")
+    back = af.WorkflowResult.load(tmp_path / "r", model=gaussian_model)
+    np.testing.assert_array_equal(back.weighted[1], res.weighted[1])
+    idata = res.inference_data(int(is_rows[0]))
+    lwi = idata.importance_weighted["log_weight"].values[0]
+    assert abs(np.logaddexp.reduce(lwi)) < 1e-5

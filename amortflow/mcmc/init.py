@@ -3,7 +3,10 @@
 For each dataset, ``num_superchains`` starting points are drawn at random, without replacement,
 from the *distinct* candidate rows with finite log density. Candidate weights (PSIS log
 weights) and multiplicities (a PSIS-resampled set repeats rows) both enter as the probability
-of a distinct point, via Gumbel-top-k sampling -- never "the first rows after sorting".
+of a distinct point, via Gumbel-top-k sampling -- never "the first rows after sorting". A
+quarter of the slots (``num_superchains // 4``) are then moved to farthest-point picks among
+the candidates in the posterior's typical set (:func:`amortflow.mcmc.modes.spread_starts`), so
+that a mode holding little weight still gets a superchain.
 
 If fewer than ``num_superchains`` such points exist, the remaining slots are filled from
 ``num_prior_draws`` prior draws screened for finite log density (again at random). If even
@@ -22,6 +25,7 @@ import numpy as np
 
 from amortflow._compile import DEFAULT_CACHE, CompileCache
 from amortflow.mcmc import batching
+from amortflow.mcmc.modes import spread_starts
 from amortflow.models import Model
 from amortflow.models.observation import take
 
@@ -75,7 +79,12 @@ def _pick_candidates(key, obs, cand, logw, c0, model: Model):
     logits = jnp.where(first & finite, jnp.log(group_w[group]), -jnp.inf)
     num_valid = jnp.sum(jnp.isfinite(logits))
     idx = _gumbel_top_k(key, logits, c0)
-    return cand[idx], lp[idx], num_valid
+    # a quarter of the starts at farthest-point picks among typical candidates: separated modes
+    # the candidates cover each get a superchain, so nested R-hat can see them (modes.py)
+    pos, replaced, src = spread_starts(safe[idx], safe, lp, first & finite, c0 // 4)
+    replaced &= jnp.arange(c0) < num_valid
+    pos = jnp.where(replaced[:, None], pos, cand[idx])
+    return pos, jnp.where(replaced, lp[src], lp[idx]), num_valid
 
 
 def _init_one(key, obs, cand, logw, *, model: Model, num_superchains: int, num_prior_draws: int):

@@ -27,6 +27,7 @@ from amortflow._compile import CompileCache
 from amortflow.mcmc import batching
 from amortflow.mcmc.batching import Layout
 from amortflow.mcmc.init import InitInfo, initialize_positions, initialize_positions_keys
+from amortflow.mcmc.modes import MISSED_MODE_MIN_POINTS, missed_mode_check
 from amortflow.mcmc.record import (
     ConvergenceGate, SamplerStats, describe_row, empty_stats, forward_to_stats, put_rows,
 )
@@ -241,13 +242,14 @@ class _Book:
     rungs_run: np.ndarray
     fallback: np.ndarray
     init_failed: np.ndarray
+    mode_note: np.ndarray
 
     @classmethod
     def start(cls, k: int, num_draws: int, dim: int) -> "_Book":
         return cls(empty_stats(k, num_draws, dim), np.full(k, "failed", object),
                    np.full(k, "", object), np.full(k, -1), np.full(k, "", object),
                    np.zeros(k, np.int64), np.zeros(k, np.int64), np.full(k, -1, np.int64),
-                   np.zeros(k, bool))
+                   np.zeros(k, bool), np.full(k, "", object))
 
 
 class _Call(NamedTuple):
@@ -303,7 +305,25 @@ def _sample(skey, call: _Call, rung: Rung, run_idx, init) -> MCMCResult:
                             cache=call.cache, progress=call.progress)
 
 
-def _record(book: _Book, si: int, call: _Call, run_idx, stats: SamplerStats) -> np.ndarray:
+def _missed_modes(key, call: _Call, run_idx, stats: SamplerStats, acc: np.ndarray) -> dict:
+    """row -> reason for the accepted rows whose chains missed a high-density region the
+    candidates reached (:func:`amortflow.mcmc.modes.missed_mode_check`)."""
+    rows = np.nonzero(acc)[0]
+    if rows.size == 0 or not np.isfinite(np.asarray(call.candidates[run_idx[rows]])).any():
+        return {}
+    sub = run_idx[rows]
+    n_far, ratio = missed_mode_check(key, call.model, take(call.obs, sub), call.candidates[sub],
+                                     np.asarray(stats.draws)[rows], cache=call.cache)
+    out = {}
+    for r, n, q in zip(rows, n_far, ratio):
+        if n >= MISSED_MODE_MIN_POINTS:
+            out[int(r)] = (f"the chains missed a region of high posterior density: {int(n)} candidate "
+                           f"draws with log density above the chains' 1% quantile lie up to {q:.1f}x "
+                           "the draws' own spacing from every MCMC draw (a mode the chains did not visit)")
+    return out
+
+
+def _record(book: _Book, si: int, call: _Call, run_idx, stats: SamplerStats, key=None) -> np.ndarray:
     """Write rung ``si``'s results for ``run_idx`` into ``book``; returns accepted ``[n]``."""
     rung = call.ladder.rungs[si]
     book.init_failed[run_idx] = False
@@ -313,10 +333,16 @@ def _record(book: _Book, si: int, call: _Call, run_idx, stats: SamplerStats) -> 
     book.rung[run_idx] = rung.name
     book.rung_index[run_idx] = si
     acc = np.asarray(stats.converged, bool)
-    book.route[run_idx[acc]] = rung.sampler.route
+    missed = _missed_modes(jax.random.fold_in(key, 7) if key is not None else jax.random.PRNGKey(si),
+                           call, run_idx, stats, acc)
     after = ", ".join(r.display_name for r in call.ladder.rungs[: si + 1])
+    for row, why in missed.items():
+        acc[row] = False
+        book.mode_note[run_idx[row]] = f"{rung.display_name}: {why}"
+    book.stats.converged[run_idx] = acc  # the record says what was accepted
+    book.route[run_idx[acc]] = rung.sampler.route
     for row in np.nonzero(~acc)[0]:
-        why = rung.gate.explain(stats, row, call.model.param_names)
+        why = missed.get(int(row)) or rung.gate.explain(stats, row, call.model.param_names)
         book.reason[run_idx[row]] = f"not converged after {after}: {why}; {describe_row(stats, row)}"
     return acc
 
@@ -335,7 +361,7 @@ def _run_rung(si: int, key, call: _Call, book: _Book, pending) -> tuple[RungRepo
     run_idx, result, n_acc = idx[ok], None, 0
     if run_idx.size:
         result = _sample(skey, call, rung, run_idx, init[np.nonzero(ok)[0]])
-        acc = _record(book, si, call, run_idx, result.stats)
+        acc = _record(book, si, call, run_idx, result.stats, skey)
         n_acc = int(acc.sum())
         pending = np.sort(np.concatenate([run_idx[~acc], idx[~ok]]))
     report = RungReport(rung.name, idx, info, result, n_acc, time.perf_counter() - t0)
@@ -398,6 +424,9 @@ def run_ladder(key, model: Model, obs, candidates, candidate_log_weights, ladder
     for i in np.nonzero(book.init_failed)[0]:
         book.reason[i] = ("no finite-density starting point: all candidates and "
                           f"{ladder.num_prior_draws} prior draws have log density -inf")
+    for i in np.nonzero(~np.asarray(book.stats.converged, bool) & (book.mode_note != ""))[0]:
+        if book.mode_note[i] not in book.reason[i]:
+            book.reason[i] += f" (earlier, {book.mode_note[i]}: multimodal posterior?)"
     book.reason[book.stats.converged] = ""
     return LadderResult(book.route, book.rung, book.reason,
                         book.stats._replace(num_grad_evals=book.grads), book.rung_index,

@@ -134,17 +134,26 @@ class Model:
 
         ``-inf`` (never NaN) where ``theta`` puts ``y`` outside the likelihood's support.
         """
+        out = self.raw_log_density(theta, y, beta, design)
+        return jnp.where(jnp.isnan(out), -jnp.inf, out)
+
+    def raw_log_density(self, theta: Array, y: Array, beta: float | Array = 1.0, design: Any = None) -> Array:
+        """:meth:`log_density` with NaN (a broken likelihood or prior) left in place: what the
+        importance-sampling gates evaluate, so such draws are refused rather than weighted 0."""
         lp = self.log_prior(theta)
         ll = self.log_likelihood(theta, y, design)
         # beta * (-inf) must stay -inf for beta > 0, and 0 * -inf must not produce NaN.
         ll = jnp.where(jnp.asarray(beta) == 0, 0.0, beta * ll)
-        out = lp + ll
-        return jnp.where(jnp.isnan(out), -jnp.inf, out)
+        return lp + ll
 
     def log_density_obs(self, theta: Array, obs) -> Array:
         """:meth:`log_density` for ONE dataset's :class:`~amortflow.models.Observation`
         (``y``, temperature ``beta``, ``design``); the function every stage evaluates."""
         return self.log_density(theta, obs.y, obs.beta, obs.design)
+
+    def raw_log_density_obs(self, theta: Array, obs) -> Array:
+        """:meth:`raw_log_density` for ONE dataset's :class:`~amortflow.models.Observation`."""
+        return self.raw_log_density(theta, obs.y, obs.beta, obs.design)
 
     def constrain(self, theta: Array) -> dict:
         """Named constrained values; ``theta`` may be ``[d]`` or ``[..., d]``."""

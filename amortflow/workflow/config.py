@@ -28,6 +28,13 @@ def _float_field(name, v, lo, hi, *, allow_none=False, lo_open=False, hi_open=Fa
                           f"{')' if hi_open else ']'}, got {v}")
 
 
+def min_draws_for_error(max_error: float) -> int:
+    """Fewest draws whose 5% / 95% quantile error can be ``max_error`` posterior sds: for
+    ``S`` independent draws of a normal posterior it is ``sqrt(0.05 * 0.95 / S) / phi(1.645)``
+    ``~ 2.1 / sqrt(S)`` sd (2.2 with a margin for non-normal shapes)."""
+    return int(math.ceil((2.2 / max_error) ** 2))
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkflowConfig:
     """Settings of :func:`amortflow.run_workflow`.
@@ -44,9 +51,13 @@ class WorkflowConfig:
         from their amortized draws. PSIS diagnostics are reported for all datasets either way.
       khat_threshold: Pareto k-hat gate, at most 1 (``-inf`` sends every dataset on); ``None`` =
         ``min(1 - 1/log10 S, 0.7)``.
-      psis_min_ess: PSIS-accepted datasets also need this importance-sampling ESS (``None``: no
-        ESS gate, as in the paper); in ``[0, num_draws]``. k-hat alone admits weight sets whose
-        ESS is a few hundred out of thousands, and on GEV those posteriors were measurably off.
+      psis_min_ess: PSIS-accepted (and refined) datasets also need this absolute
+        importance-sampling ESS (``None``: no ESS floor); in ``[0, num_draws]``.
+      psis_max_error: the answer-driven gate: PSIS-accepted (and refined) datasets need the
+        Monte Carlo error of every parameter's weighted mean, sd and 5% / 95% quantiles to be at
+        most this many posterior sds (:func:`amortflow.diagnostics.is_mcse`); ``None`` turns it
+        off. What the answer needs decides, not a fraction of ``S``: k-hat alone admits weight
+        sets whose ESS is a few hundred out of thousands, measurably off on GEV.
       psis_resample: how PSIS-accepted datasets get ``num_draws`` equally weighted draws from
         the weighted ones: ``"systematic"`` (with replacement, the lowest-noise unbiased
         scheme), ``"multinomial"`` (with replacement, independent) or ``"without_replacement"``
@@ -73,6 +84,7 @@ class WorkflowConfig:
     psis_on_all: bool = True
     khat_threshold: float | None = None
     psis_min_ess: float | None = None
+    psis_max_error: float | None = 0.1
     psis_resample: str = "systematic"
     refine_rounds: int = 3
     mcmc: Ladder | EscalationPolicy | None = None
@@ -95,6 +107,15 @@ class WorkflowConfig:
         # k-hat >= 1: the importance weights have no finite mean; no gate above that is valid
         _float_field("khat_threshold", self.khat_threshold, -math.inf, 1.0, allow_none=True)
         _float_field("psis_min_ess", self.psis_min_ess, 0.0, float(self.num_draws), allow_none=True)
+        # an error of a whole posterior sd would accept anything; below ~1/sqrt(S) nothing passes
+        _float_field("psis_max_error", self.psis_max_error, 0.0, 1.0, allow_none=True, lo_open=True)
+        if self.psis_max_error is not None and self.num_draws < min_draws_for_error(self.psis_max_error):
+            raise ConfigError(
+                f"WorkflowConfig.psis_max_error={self.psis_max_error} cannot be met with num_draws="
+                f"{self.num_draws}: even {self.num_draws} independent equally weighted draws estimate a "
+                f"5% quantile with an error of about {2.2 / math.sqrt(self.num_draws):.2f} posterior sd. "
+                f"Use num_draws >= {min_draws_for_error(self.psis_max_error)}, a larger psis_max_error, "
+                "or psis_max_error=None")
         if self.mcmc is not None and not isinstance(self.mcmc, (Ladder, EscalationPolicy)):
             raise ConfigError("WorkflowConfig.mcmc must be an amortflow.mcmc.Ladder (or a legacy "
                               f"EscalationPolicy) or None, got {type(self.mcmc).__name__}")
@@ -115,8 +136,8 @@ class WorkflowConfig:
 
     @classmethod
     def high_stakes(cls, **kw) -> "WorkflowConfig":
-        """The paper's recommendation for high-stakes use (every dataset must pass PSIS), plus
-        a PSIS ESS of at least 60% of the draws.
+        """The paper's recommendation for high-stakes use (every dataset must pass PSIS), with
+        a PSIS ESS of at least 60% of the draws on top of the Monte Carlo error gate.
 
         Why an ESS gate: k-hat alone admits weight sets whose ESS is a few hundred out of
         thousands, and the PSIS ESS overstates the precision of heavy-tailed weights; on the GEV

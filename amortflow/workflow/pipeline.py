@@ -58,6 +58,8 @@ class StageResult(NamedTuple):
     cost: name -> ``[n]`` counts added up over stages (e.g. gradient evaluations).
     carry: name -> ``[n, ...]`` hand-on arrays for later stages.
     info: JSON-able extras: ``times`` (name -> s), ``counts``, ``thresholds``, ``note``.
+    weighted: ``(draws [n, S, d], log_weights [n, S])`` behind the accepted draws of an
+      importance-sampling stage (normalized log weights), or ``None``; kept for accepted rows.
     """
 
     route: np.ndarray
@@ -67,6 +69,7 @@ class StageResult(NamedTuple):
     cost: dict = {}
     carry: dict = {}
     info: dict = {}
+    weighted: tuple | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,13 +114,16 @@ def _column(k: int, like: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Records:
     """Everything known per dataset (leading axis ``K`` everywhere); :meth:`apply` returns an
-    updated copy. ``route == ""`` marks the datasets still open."""
+    updated copy. ``route == ""`` marks the datasets still open. ``weighted``: ``(draws
+    [K, S, d], log_weights [K, S])`` of the datasets accepted by importance sampling (NaN /
+    -inf elsewhere), or ``None`` while no stage has accepted any that way."""
 
     route: np.ndarray
     reason: np.ndarray
     draws: np.ndarray
     diagnostics: dict
     carry: dict
+    weighted: tuple | None = None
 
     @classmethod
     def start(cls, problem: np.ndarray, num_draws: int, dim: int, columns: dict | None = None) -> "Records":
@@ -149,6 +155,19 @@ class Records:
         if res.draws is not None and accepted.any():
             draws = draws.copy()
             draws[index[accepted]] = res.draws[accepted]
+        weighted = self.weighted
+        if res.weighted is not None and accepted.any():
+            wd, wl = (np.asarray(a) for a in res.weighted)
+            if weighted is None:
+                weighted = (np.full((k,) + wd.shape[1:], np.nan, np.float32),
+                            np.full((k,) + wl.shape[1:], -np.inf, np.float32))
+            elif weighted[0].shape[1:] != wd.shape[1:]:
+                raise ValueError(f"weighted draws of shape {wd.shape[1:]} do not match the "
+                                 f"{weighted[0].shape[1:]} of an earlier stage")
+            else:
+                weighted = (weighted[0].copy(), weighted[1].copy())
+            weighted[0][index[accepted]] = wd[accepted]
+            weighted[1][index[accepted]] = wl[accepted]
         diags = dict(self.diagnostics)
         for name, v in res.diagnostics.items():
             col = diags[name].copy() if name in diags else _column(k, v)
@@ -164,7 +183,7 @@ class Records:
             col[index] = v  # large: updated in place (earlier Records are not reused)
             carry[name] = col
         return dataclasses.replace(self, route=route, reason=reason, draws=draws,
-                                   diagnostics=diags, carry=carry)
+                                   diagnostics=diags, carry=carry, weighted=weighted)
 
 
 # ----------------------------------------------------------------------------- progress files
@@ -225,6 +244,8 @@ def _pack(res: StageResult) -> tuple[dict, dict]:
     arrays = {"route": np.asarray(res.route, dtype=str)}
     if res.draws is not None:
         arrays["draws"] = np.asarray(res.draws)
+    if res.weighted is not None:
+        arrays["weighted_draws"], arrays["weighted_log_weights"] = (np.asarray(a) for a in res.weighted)
     for group in ("diagnostics", "cost", "carry"):
         for name, v in getattr(res, group).items():
             v = np.asarray(v)
@@ -240,7 +261,9 @@ def _unpack(arrays: dict, text: dict) -> StageResult:
             groups[group][name] = v.astype(object) if v.dtype.kind == "U" else v
     return StageResult(route=arrays["route"].astype(object),
                        reason=np.asarray(text.get("reason", []), dtype=object),
-                       draws=arrays.get("draws"), info=text.get("info", {}), **groups)
+                       draws=arrays.get("draws"), info=text.get("info", {}),
+                       weighted=((arrays["weighted_draws"], arrays["weighted_log_weights"])
+                                 if "weighted_draws" in arrays else None), **groups)
 
 
 # ----------------------------------------------------------------------------- running stages

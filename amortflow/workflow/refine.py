@@ -89,8 +89,9 @@ def adaptive_is(keys, model: Model, obs: Observation, draws, log_w, rounds: int,
         for r in range(rounds):
             mean, chol = fit_student_t(x, lw)
             x, log_q = student_t_sample(jax.random.fold_in(key, r), mean, chol, df, num)
-            log_p = jax.vmap(model.log_density_obs, in_axes=(0, None))(x, o)
-            lw = jnp.where(jnp.isfinite(log_p), log_p - log_q, -jnp.inf)
+            log_p = jax.vmap(model.raw_log_density_obs, in_axes=(0, None))(x, o)
+            # -inf (outside the support) is a zero weight; NaN / +inf stay, for the gate to refuse
+            lw = jnp.where(log_p == -jnp.inf, -jnp.inf, log_p - log_q)
         return x, lw
 
     return jax.lax.map(one, (keys, obs, draws, log_w), batch_size=batch_size)
@@ -98,7 +99,7 @@ def adaptive_is(keys, model: Model, obs: Observation, draws, log_w, rounds: int,
 
 def refine_stage(model: Model, *, num_draws: int, rounds: int = 3, df: float = 5.0,
                  khat_threshold: float | None = None, min_ess: float | None = None,
-                 resample: str = "systematic", route: str = "refined",
+                 max_error: float | None = None, resample: str = "systematic", route: str = "refined",
                  batch_size: int | None = None) -> Stage:
     """Adaptive importance sampling for the datasets PSIS handed on (see the module docstring).
 
@@ -106,7 +107,7 @@ def refine_stage(model: Model, *, num_draws: int, rounds: int = 3, df: float = 5
     the refined draws and weights in their place, so MCMC starts from them. Gate: the PSIS gate
     of :func:`~amortflow.workflow.stages.psis_gate` with the same thresholds.
     """
-    from amortflow.workflow.stages import psis_gate, psis_resample
+    from amortflow.workflow.stages import is_diagnostics, psis_gate, psis_resample
 
     thr = khat_threshold if khat_threshold is not None else dg.psis_khat_threshold(num_draws)
 
@@ -119,20 +120,24 @@ def refine_stage(model: Model, *, num_draws: int, rounds: int = 3, df: float = 5
         keys = keys_for(key, ids)
         bs = batch_size or datasets_per_step(n, num_draws)
         x, lw = adaptive_is(keys, model, to_device(inp.obs), draws, lw0, rounds, num_draws, df, bs)
-        res = jax.block_until_ready(dg.psis(lw))
-        khat, ess = np.asarray(res.khat), np.asarray(res.ess)
-        routes, reasons = psis_gate(khat, ess, thr, min_ess or 0.0)
+        d = is_diagnostics(x, lw)
+        khat, ess = d["khat"], d["ess"]
+        routes, reasons = psis_gate(khat, ess, thr, min_ess or 0.0, error=d["error"], max_error=max_error,
+                                    worst=d["worst"], num_bad=d["num_bad"],
+                                    param_names=model.param_names, label="refined IS")
         routes[routes == "psis"] = route
-        reasons = np.asarray([r.replace("PSIS", "refined IS") for r in reasons], dtype=object)
-        out = psis_resample(jax.random.fold_in(key, 1), x, res.log_weights, num_draws, resample, ids)
+        out = psis_resample(jax.random.fold_in(key, 1), x, jnp.asarray(d["log_weights"]), num_draws,
+                            resample, ids)
         return StageResult(
             routes, reasons, draws=np.asarray(out),
-            diagnostics={"refine_khat": khat, "refine_ess": ess},
+            diagnostics={"refine_khat": khat, "refine_ess": ess, "refine_error": d["error"]},
             cost={"num_log_density_evals": np.full(n, rounds * num_draws, np.int64)},
-            carry={"draws": np.asarray(x), "log_weights": np.asarray(res.log_weights)},
+            carry={"draws": np.asarray(x), "log_weights": d["log_weights"]},
+            weighted=(np.asarray(x), d["log_weights"]),
             info={"note": f"{rounds} rounds of Student-t adaptive importance sampling"})
 
-    return Stage("refine", run, salt=5, columns={"refine_khat": np.float64, "refine_ess": np.float64})
+    return Stage("refine", run, salt=5, columns={"refine_khat": np.float64, "refine_ess": np.float64,
+                                                 "refine_error": np.float64})
 
 
 __all__ = ["refine_stage", "adaptive_is", "fit_student_t", "student_t_sample"]

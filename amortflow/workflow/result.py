@@ -33,6 +33,11 @@ class WorkflowResult:
         divergences, step size, MCMC stage, log-density and gradient evaluations).
       stage_time_s: stage -> wall seconds; ``stage_counts``: stage -> datasets processed.
       param_names, model_name, config: what produced the result.
+      weighted: ``(draws [K, S, d], log_weights [K, S])``: for datasets accepted by importance
+        sampling (``psis``, ``refined``), the weighted draws their resampled ``draws`` came from
+        and the normalized log weights (NaN / -inf rows elsewhere); ``None`` if there are none.
+        Summaries (:meth:`table`, :meth:`posterior_mean`) use the weighted estimates, which
+        resampling can only make noisier.
     """
 
     route: np.ndarray
@@ -47,6 +52,7 @@ class WorkflowResult:
     model: Any = None  # the Model, when available (for constrain / inference_data)
     mcmc_stage_time_s: dict = dataclasses.field(default_factory=dict)  # within "mcmc", per stage
     thresholds: dict = dataclasses.field(default_factory=dict)  # gates used: ood, khat
+    weighted: tuple | None = None
 
     @property
     def num_datasets(self) -> int:
@@ -79,21 +85,18 @@ class WorkflowResult:
                 thresholds.update(info.get("thresholds", {}))
         return cls(records.route, records.reason, records.draws, records.diagnostics, times, counts,
                    model.param_names, model.name, config, model, mcmc_stage_time_s=rung_times,
-                   thresholds=thresholds)
+                   thresholds=thresholds, weighted=records.weighted)
 
     @property
     def total_time_s(self) -> float:
         return float(sum(self.stage_time_s.values()))
 
-    def constrained_draws(self) -> dict[str, np.ndarray]:
-        """Draws on the constrained scale: name -> ``[K, S]`` (needs the model)."""
-        if self.model is None:
-            raise ValueError("constrained draws need the model: WorkflowResult.load(path, model=...)")
+    def _constrain(self, draws) -> dict[str, np.ndarray]:
         import jax
         import jax.numpy as jnp
 
-        out = jax.jit(self.model.constrain)(jnp.asarray(np.nan_to_num(self.draws)))
-        bad = ~np.isfinite(self.draws).all(axis=(1, 2))
+        out = jax.jit(self.model.constrain)(jnp.asarray(np.nan_to_num(draws)))
+        bad = ~np.isfinite(draws).all(axis=(1, 2))
         res = {}
         for k, v in out.items():
             v = np.array(v, dtype=np.float64)
@@ -101,20 +104,64 @@ class WorkflowResult:
             res[k] = v
         return res
 
+    def constrained_draws(self) -> dict[str, np.ndarray]:
+        """Draws on the constrained scale: name -> ``[K, S]`` (needs the model)."""
+        if self.model is None:
+            raise ValueError("constrained draws need the model: WorkflowResult.load(path, model=...)")
+        return self._constrain(self.draws)
+
+    def summary_draws(self, constrained: bool | None = None):
+        """``(draws, weights)`` behind every summary: name -> ``[K, S]`` draws and ``[K, S]``
+        normalized weights -- the weighted draws of importance-sampling routes, the equally
+        weighted draws elsewhere. ``constrained=None``: constrained when the model is known."""
+        constrained = self.model is not None if constrained is None else constrained
+        draws = self.draws
+        w = np.full(draws.shape[:2], 1.0 / draws.shape[1])
+        rows = np.zeros(self.num_datasets, bool)
+        if self.weighted is not None and self.weighted[0].shape == draws.shape:
+            lw = np.asarray(self.weighted[1], np.float64)
+            rows = np.isfinite(lw).any(axis=1) & np.isfinite(self.weighted[0]).all(axis=(1, 2))
+            if rows.any():
+                draws = np.where(rows[:, None, None], self.weighted[0], draws)
+                e = np.exp(lw[rows] - lw[rows].max(axis=1, keepdims=True))
+                w[rows] = e / e.sum(axis=1, keepdims=True)
+        if constrained:
+            if self.model is None:
+                raise ValueError("constrained summaries need the model: WorkflowResult.load(path, model=...)")
+            named = self._constrain(draws)
+        else:
+            named = {n: draws[:, :, j] for j, n in enumerate(self.param_names)}
+        return named, w
+
+    def posterior_mean(self, constrained: bool | None = None) -> dict[str, np.ndarray]:
+        """name -> ``[K]`` posterior means (weighted for importance-sampling routes)."""
+        named, w = self.summary_draws(constrained)
+        return {k: np.sum(w * v, axis=1) for k, v in named.items() if v.ndim == 2}
+
+    def posterior_sd(self, constrained: bool | None = None) -> dict[str, np.ndarray]:
+        """name -> ``[K]`` posterior sds (weighted for importance-sampling routes)."""
+        named, w = self.summary_draws(constrained)
+        out = {}
+        for k, v in named.items():
+            if v.ndim == 2:
+                m = np.sum(w * v, axis=1, keepdims=True)
+                out[k] = np.sqrt(np.sum(w * (v - m) ** 2, axis=1))
+        return out
+
     def table(self):
         """pandas DataFrame, one row per dataset: route, reason, every diagnostic and cost, and
-        posterior mean / sd of each (constrained when the model is known) parameter."""
+        posterior mean / sd of each (constrained when the model is known) parameter (weighted
+        estimates for importance-sampling routes)."""
         import pandas as pd
 
         cols: dict[str, Any] = {"dataset": np.arange(self.num_datasets), "route": self.route,
                                 "reason": self.reason}
         cols.update({k: np.asarray(v) for k, v in self.diagnostics.items()})
-        named = (self.constrained_draws() if self.model is not None
-                 else {n: self.draws[:, :, j] for j, n in enumerate(self.param_names)})
-        for name, v in named.items():
-            if v.ndim == 2:  # failed datasets have NaN draws, hence NaN summaries
-                cols[f"{name}_mean"] = v.mean(axis=1)
-                cols[f"{name}_sd"] = v.std(axis=1)
+        # failed datasets have NaN draws, hence NaN summaries
+        means, sds = self.posterior_mean(), self.posterior_sd()
+        for name in means:
+            cols[f"{name}_mean"] = means[name]
+            cols[f"{name}_sd"] = sds[name]
         return pd.DataFrame(cols)
 
     def routing_text(self, title: str | None = None) -> str:
@@ -145,14 +192,33 @@ class WorkflowResult:
         return self.routing_text() + "\n" + self.timing_text()
 
     def inference_data(self, i: int):
-        """ArviZ ``InferenceData`` of dataset ``i`` (constrained names; one pooled chain)."""
+        """ArviZ ``InferenceData`` of dataset ``i`` (constrained names; one pooled chain).
+
+        ``posterior`` holds the equally weighted draws every ArviZ function expects. For an
+        importance-sampling route the weighted draws they were resampled from are in group
+        ``importance_weighted`` with variable ``log_weight`` (normalized), for weighted
+        estimates (e.g. ``np.average(x, weights=np.exp(log_weight))``)."""
         import arviz as az
+        import xarray as xr
 
         if self.model is not None:
             post = {k: np.asarray(v[i])[None] for k, v in self.constrained_draws().items()}
         else:
             post = {n: self.draws[i, :, j][None] for j, n in enumerate(self.param_names)}
         idata = az.from_dict(posterior=post)
+        if self.weighted is not None and np.isfinite(self.weighted[1][i]).any():
+            wd = np.asarray(self.weighted[0][i:i + 1])
+            named = (self._constrain(wd) if self.model is not None
+                     else {n: wd[:, :, j] for j, n in enumerate(self.param_names)})
+            lw = np.asarray(self.weighted[1][i], np.float64)
+            grp = {k: (("chain", "draw") + tuple(f"{k}_dim_{a}" for a in range(v.ndim - 2)), v)
+                   for k, v in named.items()}
+            grp["log_weight"] = (("chain", "draw"), (lw - np.logaddexp.reduce(lw))[None])
+            import warnings
+
+            with warnings.catch_warnings():  # a non-standard group name is intended
+                warnings.simplefilter("ignore", UserWarning)
+                idata.add_groups(importance_weighted=xr.Dataset(grp))
         idata.posterior.attrs.update({
             "route": str(self.route[i]), "reason": str(self.reason[i]), "dataset": int(i),
             "model": self.model_name,
@@ -167,8 +233,12 @@ class WorkflowResult:
         import xarray as xr
 
         os.makedirs(path, exist_ok=True)
+        arrays = {"draws": (("dataset", "draw", "param"), np.asarray(self.draws, np.float32))}
+        if self.weighted is not None:
+            arrays["weighted_draws"] = (("dataset", "wdraw", "param"), np.asarray(self.weighted[0], np.float32))
+            arrays["weighted_log_weights"] = (("dataset", "wdraw"), np.asarray(self.weighted[1], np.float32))
         ds = xr.Dataset(
-            {"draws": (("dataset", "draw", "param"), np.asarray(self.draws, np.float32))},
+            arrays,
             coords={"dataset": np.arange(self.num_datasets), "param": list(self.param_names)},
             attrs={"model": self.model_name, "space": "unconstrained"},
         )
@@ -212,6 +282,8 @@ class WorkflowResult:
         try:
             with xr.open_dataset(nf, engine="h5netcdf") as ds:
                 draws = np.asarray(ds["draws"].values)
+                weighted = ((np.asarray(ds["weighted_draws"].values), np.asarray(ds["weighted_log_weights"].values))
+                            if "weighted_draws" in ds else None)
         except Exception as e:  # h5py/xarray raise many types for a damaged file
             raise ResultFileError(f"{nf} is damaged ({type(e).__name__}: {e}); re-save the result") from None
         if model is not None and (model.name != meta["model_name"]
@@ -224,6 +296,11 @@ class WorkflowResult:
         if draws.ndim != 3 or draws.shape[0] != k or draws.shape[2] != len(meta["param_names"]):
             raise ResultFileError(f"{nf}: draws of shape {draws.shape} do not match {k} datasets and "
                              f"{len(meta['param_names'])} parameters")
+        if weighted is not None and (weighted[0].shape[0] != k or weighted[0].shape[2] != draws.shape[2]
+                                     or weighted[1].shape != weighted[0].shape[:2]
+                                     or np.isnan(weighted[1]).any() or (weighted[1] == np.inf).any()):
+            raise ResultFileError(f"{nf}: weighted draws {weighted[0].shape} / log weights "
+                                  f"{weighted[1].shape} do not match {k} datasets or hold NaN weights")
         if len(meta["reason"]) != k or not all(isinstance(r, str) and r for r in meta["route"]):
             raise ResultFileError(f"{jf}: routes and reasons do not describe {k} datasets")
         diags = {key: np.asarray(v) for key, v in meta["diagnostics"].items()}
@@ -235,7 +312,7 @@ class WorkflowResult:
                    stage_counts=meta["stage_counts"], param_names=tuple(meta["param_names"]),
                    model_name=meta["model_name"], config=meta.get("config", {}), model=model,
                    mcmc_stage_time_s=meta.get("mcmc_stage_time_s", {}),
-                   thresholds=meta.get("thresholds", {}))
+                   thresholds=meta.get("thresholds", {}), weighted=weighted)
 
 
 def _json_default(o):

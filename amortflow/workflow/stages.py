@@ -50,17 +50,23 @@ def fit_ood(key, model: Model, estimator, method: str, alpha: float, num_simulat
 
 
 def ood_gate(flag: np.ndarray, score: np.ndarray, threshold: float, accept: bool,
-             khat: np.ndarray | None = None):
+             khat: np.ndarray | None = None, num_bad: np.ndarray | None = None):
     """In-distribution datasets end ``"amortized"`` only if ``accept`` -- and never when their
     PSIS k-hat is not below 1: then the importance weights have no finite mean, i.e. the draws
     are far from the posterior (or give the data zero likelihood: data the model cannot have
-    produced), whatever the OOD score says. The rest go on, with the reason."""
+    produced), whatever the OOD score says; nor when the log density is NaN or +inf at some
+    draw (``num_bad [n]``). The rest go on, with the reason."""
     route, reason = hand_on(flag.size)
     supported = np.ones(flag.size, bool) if khat is None else np.isfinite(khat) & (khat < 1.0)
+    bad = np.zeros(flag.size, bool) if num_bad is None else np.asarray(num_bad) > 0
+    supported &= ~bad
     if accept:
         route[~flag & supported] = "amortized"
     for j in np.nonzero(flag | ~supported)[0]:
-        if not supported[j]:
+        if bad[j]:
+            reason[j] = (f"the log density is NaN or +inf at {int(num_bad[j])} amortized draws "
+                         "(check the model's likelihood there)")
+        elif not supported[j]:
             reason[j] = (f"PSIS k-hat {khat[j]:.2f} >= 1: the amortized draws are far from the "
                          "posterior (or give the data zero likelihood)")
         elif np.isfinite(score[j]):
@@ -112,10 +118,12 @@ def amortized_stage(model: Model, estimator, *, num_draws: int, ood_method: str 
             t0 = time.perf_counter()
             psis_carry = psis_diagnostics(model, draws, np.asarray(log_q), inp.obs, batch_size)
             carry.update(log_q=np.asarray(log_q), **psis_carry)
-            diags.update(khat=psis_carry["khat"], psis_ess=psis_carry["psis_ess"])
+            diags.update(khat=psis_carry["khat"], psis_ess=psis_carry["psis_ess"],
+                         psis_error=psis_carry["psis_error"])
             cost["num_log_density_evals"] = np.full(inp.index.size, draws.shape[1], np.int64)
             times["psis"] = time.perf_counter() - t0
-        route, reason = ood_gate(flag, score, threshold, accept_in_distribution, carry.get("khat"))
+        route, reason = ood_gate(flag, score, threshold, accept_in_distribution, carry.get("khat"),
+                                 carry.get("psis_num_bad"))
         return StageResult(
             route, reason, draws=draws if (route != OPEN).any() else None, diagnostics=diags,
             cost=cost, carry=carry,
@@ -124,6 +132,7 @@ def amortized_stage(model: Model, estimator, *, num_draws: int, ood_method: str 
 
     return Stage("amortized", run, columns={"ood_score": np.float64, "ood_flag": np.bool_,
                                             "khat": np.float64, "psis_ess": np.float64,
+                                            "psis_error": np.float64,
                                             "num_log_density_evals": np.int64})
 
 
@@ -131,7 +140,7 @@ def amortized_stage(model: Model, estimator, *, num_draws: int, ood_method: str 
 @partial(jax.jit, static_argnames=("model", "batch_size"))
 def log_joint(model: Model, draws, obs: Observation, batch_size: int):
     """``log p(theta, y; beta)`` for draws ``[K, S, d]`` of datasets ``obs [K]`` -> ``[K, S]``."""
-    per = jax.vmap(model.log_density_obs, in_axes=(0, None))
+    per = jax.vmap(model.raw_log_density_obs, in_axes=(0, None))  # NaN kept for the gate
     return jax.lax.map(lambda a: per(a[0], a[1]), (draws, obs), batch_size=batch_size)
 
 
@@ -146,37 +155,81 @@ def psis_resample(key, draws, log_w, num: int, scheme: str, dataset_ids):
     return jnp.take_along_axis(draws, idx[..., None], axis=1)
 
 
-def psis_gate(khat: np.ndarray, ess: np.ndarray, khat_threshold: float, min_ess: float):
-    """``"psis"`` where k-hat is finite and at most the threshold and the ESS is at least
-    ``min_ess``; the others go on with the failing criterion as reason."""
+def psis_gate(khat: np.ndarray, ess: np.ndarray, khat_threshold: float, min_ess: float, *,
+              error=None, max_error: float | None = None, worst=None, num_bad=None,
+              param_names=None, label: str = "PSIS"):
+    """The importance-sampling gate: ``"psis"`` where every criterion holds, else hand on with
+    the first failing criterion as reason.
+
+    Criteria: no NaN / +inf log weight (``num_bad [n]``: a density that returns them is broken
+    there, and PSIS would silently drop those draws); k-hat finite and at most ``khat_threshold``;
+    ESS at least ``min_ess`` (absolute); and, with ``max_error``, the Monte Carlo error of every
+    parameter's weighted mean, sd and 5% / 95% quantiles at most ``max_error`` posterior sds
+    (``error [n]``, ``worst [n, 2]`` from :func:`amortflow.diagnostics.is_mcse`).
+    """
     route, reason = hand_on(khat.size)
     ok = np.isfinite(khat) & (khat <= khat_threshold) & (ess >= min_ess)
+    if num_bad is not None:
+        ok &= np.asarray(num_bad) == 0
+    if max_error is not None and error is not None:
+        ok &= np.asarray(error) <= max_error
     route[ok] = "psis"
+    functional = ("mean", "sd") + tuple(f"{int(round(100 * p))}% quantile" for p in (0.05, 0.95))
     for j in np.nonzero(~ok)[0]:
-        reason[j] = (f"PSIS k-hat {khat[j]:.2f} > {khat_threshold:.2f}" if not khat[j] <= khat_threshold
-                     else f"PSIS ESS {ess[j]:.0f} < {min_ess:.0f}")
+        if num_bad is not None and num_bad[j]:
+            reason[j] = (f"{label}: the log density is NaN or +inf at {int(num_bad[j])} draws "
+                         "(check the model's likelihood there)")
+        elif not khat[j] <= khat_threshold:
+            reason[j] = f"{label} k-hat {khat[j]:.2f} > {khat_threshold:.2f}"
+        elif not ess[j] >= min_ess:
+            reason[j] = f"{label} ESS {ess[j]:.0f} < {min_ess:.0f}"
+        else:
+            pj, fj = (int(worst[j][0]), int(worst[j][1])) if worst is not None else (0, 0)
+            name = param_names[pj] if param_names is not None else f"parameter {pj}"
+            what = functional[fj] if fj < len(functional) else "quantile"
+            reason[j] = (f"{label} Monte Carlo error of the {what} of {name} is {error[j]:.2f} "
+                         f"posterior sd > {max_error:.2f} (ESS {ess[j]:.0f})")
     return route, reason
+
+
+def is_diagnostics(draws, log_weights_raw) -> dict:
+    """PSIS of raw log weights ``[n, S]`` for draws ``[n, S, d]``: smoothed ``log_weights``,
+    ``khat``, ``ess``, the relative Monte Carlo error ``error`` / ``worst`` of the weighted
+    summaries, and ``num_bad`` (NaN or +inf raw log weights)."""
+    # through host memory: on arrays left sharded over host devices by an earlier computation,
+    # XLA's CPU compiler aborts on PSIS's top_k (seen with 2 forced host devices)
+    lw = jnp.asarray(np.asarray(log_weights_raw))
+    draws = jnp.asarray(np.asarray(draws))
+    num_bad = jnp.sum(jnp.isnan(lw) | (lw == jnp.inf), axis=-1)
+    res = dg.psis(lw)
+    err = dg.is_mcse(draws, res.log_weights)
+    jax.block_until_ready(err)
+    return {"log_weights": np.asarray(res.log_weights), "khat": np.asarray(res.khat),
+            "ess": np.asarray(res.ess), "error": np.asarray(err.max_error),
+            "worst": np.asarray(err.worst), "num_bad": np.asarray(num_bad)}
 
 
 def psis_diagnostics(model: Model, draws, log_q, obs: Observation, batch_size: int | None = None) -> dict:
     """PSIS of amortized draws ``[n, S, d]`` with proposal log densities ``log_q [n, S]``
-    against ``log p(theta, y; beta)``: ``{"log_weights" [n, S], "khat" [n], "psis_ess" [n]}``."""
+    against ``log p(theta, y; beta)``: ``{"log_weights" [n, S], "khat" [n], "psis_ess" [n],
+    "psis_error" [n], "psis_worst" [n, 2], "psis_num_bad" [n]}`` (see :func:`is_diagnostics`)."""
     draws = jnp.asarray(draws)
     bs = batch_size or datasets_per_step(draws.shape[0], draws.shape[1])
     log_p = log_joint(model, draws, to_device(obs), bs)
-    res = jax.block_until_ready(dg.psis(log_p - jnp.asarray(log_q)))
-    return {"log_weights": np.asarray(res.log_weights), "khat": np.asarray(res.khat),
-            "psis_ess": np.asarray(res.ess)}
+    d = is_diagnostics(draws, log_p - jnp.asarray(log_q))
+    return {"log_weights": d["log_weights"], "khat": d["khat"], "psis_ess": d["ess"],
+            "psis_error": d["error"], "psis_worst": d["worst"], "psis_num_bad": d["num_bad"]}
 
 
 def psis_stage(model: Model, *, num_draws: int, khat_threshold: float | None = None,
-               min_ess: float | None = None, resample: str = "systematic",
-               batch_size: int | None = None) -> Stage:
-    """Stage 2: the PSIS gate on the amortized draws.
+               min_ess: float | None = None, max_error: float | None = None,
+               resample: str = "systematic", batch_size: int | None = None) -> Stage:
+    """Stage 2: the PSIS gate (:func:`psis_gate`) on the amortized draws.
 
-    Reads ``carry["log_weights"]``, ``carry["khat"]``, ``carry["psis_ess"]`` (computed here
-    from ``carry["draws"]`` and ``carry["log_q"]`` if an earlier stage did not). Accepted
-    datasets get ``num_draws`` draws resampled from the smoothed weights.
+    Reads ``carry["log_weights"]`` and the PSIS diagnostics (computed here from
+    ``carry["draws"]`` and ``carry["log_q"]`` if an earlier stage did not). Accepted datasets
+    get ``num_draws`` draws resampled from the smoothed weights, and keep the weighted draws
+    and their normalized log weights (``WorkflowResult.weighted``) for weighted summaries.
     """
     thr = khat_threshold if khat_threshold is not None else dg.psis_khat_threshold(num_draws)
 
@@ -187,15 +240,19 @@ def psis_stage(model: Model, *, num_draws: int, khat_threshold: float | None = N
         resampled = psis_resample(jax.random.fold_in(key, 3), jnp.asarray(c["draws"]),
                                   jnp.asarray(c["log_weights"]), num_draws, resample,
                                   jnp.asarray(inp.index))
-        route, reason = psis_gate(c["khat"], c["psis_ess"], thr, min_ess or 0.0)
+        route, reason = psis_gate(c["khat"], c["psis_ess"], thr, min_ess or 0.0, error=c.get("psis_error"),
+                                  max_error=max_error, worst=c.get("psis_worst"),
+                                  num_bad=c.get("psis_num_bad"), param_names=model.param_names)
         s = c["draws"].shape[1]
         return StageResult(
             route, reason, draws=np.asarray(resampled),
-            diagnostics={"khat": c["khat"], "psis_ess": c["psis_ess"]},
+            diagnostics={"khat": c["khat"], "psis_ess": c["psis_ess"], "psis_error": c["psis_error"]},
             cost={"num_log_density_evals": np.full(inp.index.size, s, np.int64)} if new else {},
-            carry=new, info={"thresholds": {"khat": float(thr)}})
+            carry=new, weighted=(np.asarray(c["draws"]), np.asarray(c["log_weights"])),
+            info={"thresholds": {"khat": float(thr), "min_ess": float(min_ess or 0.0),
+                                 "max_error": max_error}})
 
-    return Stage("psis", run, columns={"khat": np.float64, "psis_ess": np.float64,
+    return Stage("psis", run, columns={"khat": np.float64, "psis_ess": np.float64, "psis_error": np.float64,
                                        "num_log_density_evals": np.int64})
 
 
@@ -261,11 +318,13 @@ def default_stages(model: Model, estimator, config, *, progress: bool = True) ->
     if getattr(estimator, "has_log_prob", True):  # PSIS needs the proposal's density
         stages.append(psis_stage(model, num_draws=config.num_draws,
                                  khat_threshold=config.khat_threshold, min_ess=config.psis_min_ess,
-                                 resample=config.psis_resample, batch_size=config.batch_size))
+                                 max_error=config.psis_max_error, resample=config.psis_resample,
+                                 batch_size=config.batch_size))
         if config.refine_rounds:
             stages.append(refine_stage(model, num_draws=config.num_draws, rounds=config.refine_rounds,
                                        khat_threshold=config.khat_threshold,
-                                       min_ess=config.psis_min_ess, resample=config.psis_resample,
+                                       min_ess=config.psis_min_ess, max_error=config.psis_max_error,
+                                       resample=config.psis_resample,
                                        batch_size=config.batch_size))
     stages.append(mcmc_stage(model, config.ladder(), num_output_draws=config.num_draws,
                              chunk_size=config.mcmc_chunk, progress=progress))
@@ -273,4 +332,4 @@ def default_stages(model: Model, estimator, config, *, progress: bool = True) ->
 
 
 __all__ = ["amortized_stage", "psis_stage", "mcmc_stage", "default_stages", "ood_gate",
-           "psis_gate", "fit_ood", "log_joint", "psis_resample", "FAILED"]
+           "psis_gate", "is_diagnostics", "psis_diagnostics", "fit_ood", "log_joint", "psis_resample", "FAILED"]
