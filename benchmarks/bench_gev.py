@@ -297,6 +297,8 @@ def main():
     ap.add_argument("--refine-rounds", type=int, default=None,
                     help="override the workflow's refine_rounds (adaptive importance sampling stage)")
     ap.add_argument("--name", default=None, help="result name (default gev / gev_quick)")
+    ap.add_argument("--config", choices=("preset", "default", "high_stakes"), default="preset",
+                    help="workflow settings: the preset's (default), WorkflowConfig() or high_stakes()")
     ap.add_argument("--estimator", default=None,
                     help="load this saved estimator instead of training (for iterating on the workflow; "
                          "the total then excludes training and the run is not a Table-1 result)")
@@ -323,6 +325,9 @@ def main():
     preset = gev_preset(quick=True) if args.quick else gev_preset()
     fit_kwargs = preset.fit_kwargs()
     cfg, cfg_source = preset.workflow, "preset.workflow"
+    if args.config != "preset":
+        cfg = af.WorkflowConfig.high_stakes() if args.config == "high_stakes" else af.WorkflowConfig()
+        cfg_source = {"default": "WorkflowConfig()", "high_stakes": "WorkflowConfig.high_stakes()"}[args.config]
     if args.refine_rounds is not None:
         import dataclasses
 
