@@ -355,3 +355,14 @@ def test_spline_inverse_gradient_is_finite_for_extreme_bins():
     outside = np.abs(np.asarray(y)) >= 5.0
     np.testing.assert_array_equal(np.asarray(x)[outside], np.asarray(y)[outside])  # identity tails
     assert np.isfinite(np.asarray(x)).all() and np.isfinite(np.asarray(ld)).all()
+
+
+def test_default_summary_follows_observation_kind_size_and_dimension():
+    from amortflow.nets import IdentitySummarySpec, MLPSummarySpec, SortedSetSpec, default_summary_spec
+
+    assert default_summary_spec("set", (65,), 3) == SortedSetSpec(out_dim=16)  # GEV: iid scalars
+    assert default_summary_spec("set", (10, 2), 2) == DeepSetSpec(out_dim=16)  # elements are vectors
+    assert default_summary_spec("set", (10, 10), 10).out_dim == 20  # >= 2 summaries per parameter
+    assert default_summary_spec("vector", (8,), 3) == IdentitySummarySpec()
+    assert default_summary_spec("vector", (100,), 12) == MLPSummarySpec(out_dim=24)
+    assert default_summary_spec("grid", (4, 4)) == MLPSummarySpec()

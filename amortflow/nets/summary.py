@@ -82,13 +82,26 @@ def build_summary(spec, obs_ndim: int) -> nn.Module:
     return cls(spec=spec, obs_ndim=obs_ndim)
 
 
-def default_summary_spec(obs_kind: str, obs_shape: tuple[int, ...]):
-    """A sensible summary network for the observation kind."""
+def default_summary_spec(obs_kind: str, obs_shape: tuple[int, ...], dim: int | None = None):
+    """A summary network for the observation kind and size, and ``dim`` parameters.
+
+    - set of scalars ``[n]``: :class:`SortedSetSpec` (order statistics + MLP);
+    - set of vectors ``[n, k]``: :class:`DeepSetSpec` with mean and max pooling (sorting per
+      feature would lose which features belong to one element);
+    - vector of at most 16 values: the observation itself;
+    - anything else: :class:`MLPSummarySpec` on the flattened observation.
+
+    Learned summaries have ``out_dim = max(16, 2 dim)`` (``dim`` parameters; 16 if not given),
+    so ten or more parameters are not squeezed through fewer summaries than they need.
+    """
+    out_dim = max(16, 2 * int(dim)) if dim is not None else 16
     if obs_kind == "set":
-        return DeepSetSpec()
+        if len(obs_shape) == 1:
+            return SortedSetSpec(out_dim=out_dim)
+        return DeepSetSpec(out_dim=out_dim)
     size = 1
     for s in obs_shape:
         size *= s
     if obs_kind == "vector" and size <= 16:
         return IdentitySummarySpec()
-    return MLPSummarySpec()
+    return MLPSummarySpec(out_dim=out_dim)
