@@ -2,12 +2,13 @@
 training loop and training data, and checkpoints dispatched on the estimator's kind."""
 from amortflow.estimators.base import Estimator
 from amortflow.estimators.checkpoint import CheckpointError, load_estimator, register_estimator_kind
-from amortflow.estimators.data import Standardization, fit_standardization, simulate_bank, split_bank
+from amortflow.estimators.data import (Standardization, WidenedPrior, fit_standardization, simulate_bank,
+                                      split_bank, widen_prior)
 from amortflow.estimators.npe import NPESpec, PosteriorEstimator, fit_posterior
 from amortflow.estimators.training import TrainConfig, TrainingDivergedError, train
 
 __all__ = [
     "Estimator", "CheckpointError", "load_estimator", "register_estimator_kind", "NPESpec",
     "PosteriorEstimator", "Standardization", "fit_standardization", "fit_posterior",
-    "simulate_bank", "split_bank", "TrainConfig", "TrainingDivergedError", "train",
+    "simulate_bank", "split_bank", "WidenedPrior", "widen_prior", "TrainConfig", "TrainingDivergedError", "train",
 ]

@@ -5,6 +5,9 @@ Shapes: ``N`` simulations, ``d`` parameters.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
 import warnings
 from typing import NamedTuple
 
@@ -12,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amortflow.errors import ConfigError
 from amortflow.models.base import Model
 
 #: above this fraction of non-finite simulations the simulator or the prior is broken
@@ -115,3 +119,93 @@ def split_bank(key, theta, ys, num_validation: int):
     train = (jnp.asarray(theta[tr_idx]), jnp.asarray(ys[tr_idx]))
     val = (jnp.asarray(theta[val_idx]), jnp.asarray(ys[val_idx]))
     return train, val
+
+
+# ------------------------------------------------------------------ defensive training priors
+@dataclasses.dataclass(frozen=True)
+class WidenedPrior:
+    """A wider training prior for a proposal that must cover out-of-distribution data.
+
+    A training draw is, with probability ``model_weight``, a draw ``theta`` of the model's prior
+    and otherwise its widened version ``c + scale * (theta - c)``, ``c`` the coordinate-wise
+    median of the prior in the model's unconstrained space. This works for any
+    :class:`~amortflow.models.Model` (it only needs ``sample_prior`` and ``log_prior``), and
+    widens a constrained parameter through its unconstrained coordinate (``log sigma``,
+    ``logit`` of a bounded one).
+
+    The estimator then learns the posterior under this prior. Used as a proposal it is
+    corrected back to the model's own prior by importance weights ``p(theta, y) / q(theta | y)``
+    (the workflow's PSIS stage), and the mixture's heavier tails keep those weights bounded
+    where the data point outside the model prior's bulk.
+
+    Attributes:
+      scale: widening factor of the unconstrained coordinates around ``c`` (``>= 1``).
+      model_weight: probability of an unwidened prior draw (in ``[0, 1]``).
+    """
+
+    scale: float = 2.0
+    model_weight: float = 0.5
+
+    def __post_init__(self):
+        for name, lo, hi in (("scale", 1.0, math.inf), ("model_weight", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
+                    or not lo <= v <= hi:
+                rng = f">= {lo:g}" if hi == math.inf else f"in [{lo:g}, {hi:g}]"
+                raise ConfigError(f"WidenedPrior.{name} must be a finite number {rng}, got {v!r}")
+
+    def to_dict(self) -> dict:
+        return {"kind": "widened", "scale": float(self.scale), "model_weight": float(self.model_weight)}
+
+
+#: prior draws behind the centre of a widened prior (fixed key: the centre depends on the model only)
+_CENTRE_DRAWS = 8192
+
+
+def prior_centre(model: Model) -> jax.Array:
+    """Coordinate-wise median ``[d]`` of ``8192`` unconstrained prior draws (fixed key)."""
+    th = np.asarray(jax.jit(model.sample_prior, static_argnums=1)(jax.random.PRNGKey(0), _CENTRE_DRAWS))
+    return jnp.asarray(np.median(th[np.isfinite(th).all(1)], axis=0), jnp.float32)
+
+
+def widen_prior(model: Model, widened: WidenedPrior) -> Model:
+    """The model with its prior replaced by ``widened`` (see :class:`WidenedPrior`); the
+    simulator and likelihood are the model's own.
+
+    ``sample_prior(key, n) -> [n, d]``; ``log_prior(theta [d])`` is the mixture's density
+    ``log(w p(theta) + (1 - w) scale^-d p(c + (theta - c) / scale))``.
+    """
+    if not isinstance(widened, WidenedPrior):
+        raise ConfigError(f"widen_prior: expected a WidenedPrior, got {type(widened).__name__}")
+    centre = prior_centre(model)
+    s, w, d = float(widened.scale), float(widened.model_weight), model.dim
+    base_sample, base_log_prior = model.prior_sampler, model.log_prior_fn
+
+    def sample_prior(key, n):
+        k1, k2 = jax.random.split(key)
+        theta = base_sample(k1, n)
+        keep = jax.random.uniform(k2, (n, 1)) < w
+        return jnp.where(keep, theta, centre + s * (theta - centre))
+
+    def log_prior(theta):
+        parts = []
+        if w > 0:
+            parts.append(math.log(w) + base_log_prior(theta))
+        if w < 1:
+            parts.append(math.log1p(-w) - d * math.log(s) + base_log_prior(centre + (theta - centre) / s))
+        return jax.scipy.special.logsumexp(jnp.stack(parts))
+
+    info = {**dict(model.info), "training_prior": widened.to_dict()}
+    return dataclasses.replace(model, name=f"{model.name}[widened x{s:g}, w={w:g}]",
+                               prior_sampler=sample_prior, log_prior_fn=log_prior, info=info)
+
+
+def finite_rows(theta, ys, num: int):
+    """``num`` rows of a simulated batch ``theta [M, d]``, ``ys [M, *obs_shape]`` whose values
+    are all finite (finite rows first, repeated cyclically if fewer than ``num``; traceable).
+    Online training draws ``M > num`` when the pilot simulations had non-finite outputs, as a
+    simulation bank drops them."""
+    ok = jnp.isfinite(ys.reshape(ys.shape[0], -1)).all(1) & jnp.isfinite(theta).all(1)
+    order = jnp.argsort(~ok, stable=True)
+    idx = order[jnp.arange(num) % jnp.maximum(ok.sum(), 1)]
+    return theta[idx], ys[idx]

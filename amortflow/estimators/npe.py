@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import numbers
 from functools import partial
 from typing import Any
@@ -21,9 +22,12 @@ from amortflow.estimators import checkpoint as ckpt
 from amortflow.estimators.base import content_fingerprint, is_concrete
 from amortflow.estimators.data import (  # noqa: F401  (Standardization etc. re-exported)
     Standardization,
+    WidenedPrior,
+    finite_rows,
     fit_standardization,
     simulate_bank,
     split_bank,
+    widen_prior,
 )
 from amortflow.estimators.training import TrainConfig, TrainResult, train
 from amortflow.errors import ConfigError
@@ -347,75 +351,101 @@ def fit_posterior(
     key,
     model: Model,
     *,
-    num_simulations: int | None = 10_000,
+    num_simulations: int | None = None,
     bank: tuple[np.ndarray, np.ndarray] | None = None,
     summary=None,
     flow: FlowSpec | None = None,
     train_config: TrainConfig | None = None,
     num_validation: int | None = None,
+    training_prior: WidenedPrior | None = None,
     progress: bool = True,
     checkpoint_dir: str | None = None,
 ) -> PosteriorEstimator:
     """Train a neural posterior estimator by forward-KL minimisation.
 
-    Simulations come from a fixed bank (``num_simulations`` drawn here, or ``bank=(theta, ys)``
-    supplied) or, with ``num_simulations=None``, are simulated online inside the compiled
-    training step (an unlimited budget). A held-out validation set selects the best parameters.
+    By default (``num_simulations=None``, no ``bank``) every training step simulates a fresh
+    batch inside the compiled step: the model's simulator is JAX, so simulations are nearly free
+    and the estimator cannot overfit a finite bank. For a costly simulator give a budget
+    (``num_simulations``: a fixed bank simulated here) or the simulations themselves
+    (``bank``). A held-out validation set selects the best parameters either way.
 
     Args:
       key: PRNG key.
       model: the :class:`~amortflow.models.Model`.
-      num_simulations: simulation budget (``None``: online simulation).
+      num_simulations: size of a fixed simulation bank (``>= 512``); ``None``: online simulation.
       bank: pre-simulated ``(theta [N, d] unconstrained, ys [N, *obs_shape])``.
-      summary: summary-network spec (default for the model's observation kind).
-      flow: :class:`FlowSpec` (default: 6 spline couplings).
-      train_config: :class:`TrainConfig`.
+      summary: summary-network spec (default:
+        :func:`~amortflow.nets.default_summary_spec` for the observation kind, size and ``d``).
+      flow: :class:`FlowSpec` (default: 6 spline couplings, 8 bins, widths 128).
+      train_config: :class:`TrainConfig` (default: 3000 steps of 256 simulations, learning rate 2e-3).
       num_validation: held-out simulations (default: 10% of the bank, at least 256; online: 2048).
+      training_prior: a :class:`~amortflow.estimators.data.WidenedPrior` to train on instead of
+        the model's prior (a defensive proposal for data outside the prior's bulk; PSIS corrects
+        to the model's prior). Validation simulations come from the same training prior.
+        Not combinable with ``bank``.
       checkpoint_dir: resumable training state (re-running continues an interrupted run).
     Returns:
       :class:`PosteriorEstimator` with the best validation parameters.
+    Raises:
+      ConfigError: a setting outside its range (named).
     """
     cfg = train_config or TrainConfig()
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"fit_posterior: train_config must be a TrainConfig, got {type(cfg).__name__}")
     if num_simulations is not None and bank is None and (
             isinstance(num_simulations, bool) or not isinstance(num_simulations, numbers.Integral)
             or num_simulations < 512):
         raise ConfigError(f"fit_posterior: num_simulations must be a whole number >= 512 (256 are "
                           f"held out for validation), or None for online simulation; got {num_simulations!r}")
+    if num_validation is not None and (isinstance(num_validation, bool)
+                                       or not isinstance(num_validation, numbers.Integral) or num_validation < 1):
+        raise ConfigError(f"fit_posterior: num_validation must be a whole number >= 1, got {num_validation!r}")
+    if training_prior is not None and not isinstance(training_prior, WidenedPrior):
+        raise ConfigError(f"fit_posterior: training_prior must be None or a WidenedPrior, "
+                          f"got {type(training_prior).__name__}")
+    if training_prior is not None and bank is not None:
+        raise ConfigError("fit_posterior: training_prior cannot apply to a supplied bank (its parameters "
+                          "were already drawn); simulate the bank from widen_prior(model, ...) instead")
+    sim_model = model if training_prior is None else widen_prior(model, training_prior)
     k_bank, k_init, k_train, k_val = jax.random.split(key, 4)
     if bank is not None:
         theta_bank, y_bank = np.asarray(bank[0], np.float32), np.asarray(bank[1], np.float32)
         model.check_observations(y_bank)
         model.check_theta(theta_bank)
     elif num_simulations is not None:
-        theta_bank, y_bank = simulate_bank(k_bank, model, int(num_simulations), progress=progress)
+        theta_bank, y_bank = simulate_bank(k_bank, sim_model, int(num_simulations), progress=progress)
     else:
         theta_bank = y_bank = None
 
+    batch_size = cfg.batch_size
     if theta_bank is not None:
         n_val = num_validation or max(256, len(theta_bank) // 10)
         data, val = split_bank(k_val, theta_bank, y_bank, n_val)
         std = fit_standardization(data[0], data[1], model.obs_kind)
-        batch_size = cfg.batch_size
 
         def batch_fn(d, k):
             idx = jax.random.randint(k, (batch_size,), 0, d[0].shape[0])
             return d[0][idx], d[1][idx]
     else:
         n_val = num_validation or 2048
-        pilot = simulate_bank(k_val, model, max(n_val, 4096), progress=False)
+        n_pilot = max(n_val, 4096)
+        pilot = simulate_bank(k_val, sim_model, n_pilot, progress=False)
         val = (jnp.asarray(pilot[0][:n_val]), jnp.asarray(pilot[1][:n_val]))
         std = fit_standardization(pilot[0], pilot[1], model.obs_kind)
         data = None
-        batch_size = cfg.batch_size
+        bad_fraction = 1.0 - len(pilot[0]) / n_pilot
+        # simulate enough that a batch of finite simulations remains (a bank drops the others)
+        n_draw = batch_size if bad_fraction == 0 else int(math.ceil(batch_size * (1 + 2 * bad_fraction) + 16))
 
         def batch_fn(d, k):
-            return model.sample_prior_predictive(k, batch_size)
+            theta, ys = sim_model.sample_prior_predictive(k, n_draw)
+            return (theta, ys) if n_draw == batch_size else finite_rows(theta, ys, batch_size)
 
     spec = NPESpec(
         dim=model.dim,
         obs_shape=model.obs_shape,
         obs_kind=model.obs_kind,
-        summary=summary or default_summary_spec(model.obs_kind, model.obs_shape),
+        summary=summary or default_summary_spec(model.obs_kind, model.obs_shape, model.dim),
         flow=flow or FlowSpec(),
     )
     params = init_params(spec, k_init)
@@ -423,7 +453,9 @@ def fit_posterior(
     def loss_fn(p, batch, k):
         return npe_loss(spec, p, std, batch, k)
 
-    identity = None if checkpoint_dir is None else _training_identity(key, model, spec, theta_bank, y_bank)
+    prior_desc = None if training_prior is None else training_prior.to_dict()
+    identity = None if checkpoint_dir is None else {
+        **_training_identity(key, model, spec, theta_bank, y_bank), "training_prior": prior_desc}
     result: TrainResult = train(
         k_train, loss_fn, params, batch_fn, data, val, cfg, progress=progress,
         checkpoint_dir=checkpoint_dir, checkpoint_identity=identity, description=f"NPE {model.name}",
@@ -437,7 +469,7 @@ def fit_posterior(
         history=result.history,
         train_config=dataclasses.asdict(cfg),
         extra={"num_simulations": None if theta_bank is None else int(len(theta_bank)),
-               "num_validation": int(n_val)},
+               "num_validation": int(n_val), "training_prior": prior_desc},
     )
 
 

@@ -32,10 +32,12 @@ from amortflow.errors import CheckpointError, ConfigError, TrainingDivergedError
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (defaults suit the GEV/NPE budgets of the amortized workflow).
+    """Optimisation settings. The defaults are those of :func:`~amortflow.fit_posterior` with
+    online simulation: 3000 steps of 256 fresh simulations, peak learning rate 2e-3 (the
+    measurements behind them are in benchmarks/notes_training.md).
 
     Attributes:
-      num_steps: total optimizer steps.
+      num_steps: total optimizer steps (the learning-rate schedule decays over them).
       batch_size: simulations per step.
       learning_rate: peak learning rate of the warm-up + cosine schedule.
       warmup_steps: linear warm-up length (``None``: 5% of ``num_steps``).
@@ -43,12 +45,13 @@ class TrainConfig:
       clip_norm: global gradient-norm clipping.
       steps_per_call: training steps fused in one compiled ``lax.scan`` (validation, NaN check
         and progress update happen between calls).
-      patience: stop after this many validation rounds without improvement (``None``: never).
+      patience: stop after this many validation rounds without improvement (``None``: never;
+        the best parameters by validation loss are returned either way).
     """
 
-    num_steps: int = 4000
+    num_steps: int = 3000
     batch_size: int = 256
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     warmup_steps: int | None = None
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
