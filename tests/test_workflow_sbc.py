@@ -97,7 +97,8 @@ def test_broken_estimator_fails_amortized_sbc_but_workflow_corrects_it(gaussian_
     # most datasets needed a correction beyond plain PSIS, and the corrected routes are calibrated
     counts = sbc.route_counts()
     assert counts["refined"] + counts["mcmc"] + counts["nuts"] > N // 2, counts
-    assert t["by_route"]["refined"]["passed"], sbc.summary()
+    corrected = {r: v for r, v in t["by_route"].items() if r in ("refined", "mcmc", "nuts")}
+    assert corrected and all(v["passed"] for v in corrected.values()), sbc.summary()
 
 
 def test_failed_datasets_are_counted_not_ranked(gaussian_model, gaussian_estimator):
