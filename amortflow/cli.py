@@ -396,7 +396,7 @@ def cmd_demo(args) -> int:
 
     ys, theta, truth = _simulate("gev", k, True, args.seed + 1)
     np.savez(os.path.join(out, "datasets.npz"), ys=ys, theta=theta, **{f"true_{n}": v for n, v in truth.items()})
-    cfg = workflow_config(args.num_draws, quick, high_stakes=True)
+    cfg = workflow_config(args.num_draws, quick)  # the workflow's defaults
     key = jax.random.PRNGKey(args.seed + 2)
     result = af.run_workflow(key, model, est, ys, cfg, out_dir=os.path.join(out, "workflow"),
                              progress=not args.no_progress)

@@ -34,7 +34,7 @@ def gev_preset(quick: bool = False) -> NPEPreset:
         train=TrainConfig(num_steps=300 if quick else 2000, batch_size=256, learning_rate=1e-3,
                           steps_per_call=100 if quick else 250),
         num_simulations=2000 if quick else 10_000,
-        # accuracy against reference NUTS on every dataset is the benchmark's goal: every
-        # dataset must pass PSIS (k-hat and ESS), the rest goes to MCMC
-        workflow=WorkflowConfig.high_stakes(),
+        # the workflow's defaults: every dataset passes the importance-sampling gate (k-hat and
+        # a Monte Carlo error of at most 0.1 posterior sd) or goes on to refinement and MCMC
+        workflow=WorkflowConfig(),
     )
