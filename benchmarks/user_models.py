@@ -94,9 +94,9 @@ def models() -> dict:
     import amortflow as af
 
     return {
-        "negbin_regression": (af.from_numpyro(negbin_regression, X_COUNTS, obs="y", obs_kind="vector"),
+        "negbin_regression": (af.from_numpyro(negbin_regression, X_COUNTS, obs="y"),
                               "reference_negbin_regression"),
-        "hierarchical_normal": (af.from_numpyro(hierarchical_normal, obs="y", obs_kind="vector"),
+        "hierarchical_normal": (af.from_numpyro(hierarchical_normal, obs="y"),
                                 "reference_hierarchical_normal"),
         "weibull_survival": (af.from_numpyro(weibull_survival, X_SURV, CENSOR, obs=("time", "event"),
                                              obs_kind="vector"),

@@ -168,9 +168,11 @@ def test_importance_sampling_answers_keep_their_weights(gaussian_model, gaussian
     assert np.isfinite(lw[is_rows]).any(axis=1).all()
     other = np.setdiff1d(np.arange(res.num_datasets), is_rows)
     assert not np.isfinite(lw[other]).any()
-    w = np.exp(lw[is_rows] - lw[is_rows].max(1, keepdims=True))
+    lr = lw[is_rows].astype(np.float64)
+    w = np.where(np.isfinite(lr), np.exp(lr - lr.max(1, keepdims=True)), 0.0)
     w /= w.sum(1, keepdims=True)
-    expect = (w * wd[is_rows, :, 0]).sum(1)
+    assert np.isfinite(wd[is_rows][w > 0]).all()  # zero-weight entries are padding
+    expect = (w * np.nan_to_num(wd[is_rows, :, 0])).sum(1)
     np.testing.assert_allclose(res.posterior_mean()["theta_0"][is_rows], expect, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(res.table()["theta_0_mean"].to_numpy()[is_rows], expect, rtol=1e-5, atol=1e-6)
     # the resampled draws agree with the weighted estimate to within resampling noise

@@ -137,16 +137,33 @@ def _sample_and_log_prob(spec, params, std, keys, ys, extra, num_draws, batch_si
         params, std, keys, ys, extra)
 
 
-@partial(jax.jit, static_argnames=("spec", "batch_size"))
-def _log_prob(spec, params, std, theta, ys, extra, batch_size):
-    """``log q`` of ``theta [K, S, d]`` given datasets ``ys [K, ...]`` -> ``[K, S]``."""
+@partial(jax.jit, static_argnames=("spec", "batch_size", "num_devices"))
+def _log_prob(spec, params, std, theta, ys, extra, batch_size, num_devices=1):
+    """``log q`` of ``theta [K, S, d]`` given datasets ``ys [K, ...]`` -> ``[K, S]``; ``K`` a
+    multiple of ``num_devices`` (the dataset axis is sharded over them, as for sampling)."""
 
-    def one(args):
-        th, y, e = args
-        ctx = context(spec, params, std, y[None], None if e is None else e[None])
-        return log_prob_from_context(spec, params, std, th, ctx)
+    def local(params, std, theta, ys, extra):
+        def one(args):
+            th, y, e = args
+            ctx = context(spec, params, std, y[None], None if e is None else e[None])
+            return log_prob_from_context(spec, params, std, th, ctx)
 
-    return jax.lax.map(one, (theta, ys, extra), batch_size=batch_size)
+        return jax.lax.map(one, (theta, ys, extra), batch_size=batch_size)
+
+    if num_devices == 1:
+        return local(params, std, theta, ys, extra)
+    return shard_over_datasets(local, num_replicated=2, devices=jax.devices()[:num_devices])(
+        params, std, theta, ys, extra)
+
+
+def _pad_to_devices(k: int, *arrays):
+    """``(n_dev, padded arrays)``: the leading axis ``k`` padded (repeating rows) to a multiple of
+    the device count, so the dataset axis can be sharded; ``None`` entries pass through."""
+    n_dev = min(len(jax.devices()), k)
+    pad = -k % n_dev
+    if pad:
+        arrays = tuple(None if a is None else jnp.concatenate([a, a[:pad]]) for a in arrays)
+    return n_dev, arrays
 
 
 @partial(jax.jit, static_argnames=("spec", "batch_size"))
@@ -279,13 +296,9 @@ class PosteriorEstimator:
             raise ConfigError(f"sample_and_log_prob: num_draws must be a whole number >= 1, got {num_draws!r}")
         ys, extra, _ = self._inputs(obs, conditions)
         k = ys.shape[0]
-        n_dev = min(len(jax.devices()), k)
-        pad = -k % n_dev
         keys = dataset_keys(key, k, dataset_ids)  # per dataset: results do not depend on padding
-        if pad:
-            keys, ys = jnp.concatenate([keys, keys[:pad]]), jnp.concatenate([ys, ys[:pad]])
-            extra = None if extra is None else jnp.concatenate([extra, extra[:pad]])
-        per_dev = (k + pad) // n_dev
+        n_dev, (keys, ys, extra) = _pad_to_devices(k, keys, ys, extra)
+        per_dev = ys.shape[0] // n_dev
         bs = batch_size or datasets_per_step(per_dev, num_draws)
         draws, log_q = _sample_and_log_prob(self.spec, self.params, self.standardization, keys, ys, extra,
                                             int(num_draws), int(min(bs, per_dev)), n_dev)
@@ -311,8 +324,11 @@ class PosteriorEstimator:
                 + ("one dataset: expected [S, {d}] or [{d}]".format(d=d) if single
                    else f"{k} datasets: expected [{k}, S, {d}] or [{k}, {d}]"))
         th = theta.reshape((k, -1, d))
-        bs = batch_size or datasets_per_step(k, th.shape[1])
-        out = _log_prob(self.spec, self.params, self.standardization, th, ys, extra, int(bs))
+        n_dev, (th_p, ys_p, extra_p) = _pad_to_devices(k, th, ys, extra)
+        per_dev = ys_p.shape[0] // n_dev
+        bs = batch_size or datasets_per_step(per_dev, th.shape[1])
+        out = _log_prob(self.spec, self.params, self.standardization, th_p, ys_p, extra_p,
+                        int(min(bs, per_dev)), n_dev)[:k]
         return out.reshape(theta.shape[:-1])
 
     def summaries(self, obs, *, batch_size: int = 1024):

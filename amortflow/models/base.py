@@ -335,8 +335,11 @@ def make_model(
       log_prior: ``theta [d] -> scalar``, Jacobian of the constraining transform included.
       log_likelihood: ``(theta [d], y [*obs_shape]) -> scalar``; ``-inf`` off support.
       constrain: ``theta [d] -> dict``; defaults to the identity with ``param_names``.
-      obs_kind: ``"set"``, ``"vector"`` or ``"grid"``; default ``"vector"`` for 1-D observations,
-        ``"set"`` for 2-D, ``"grid"`` otherwise.
+      obs_kind: ``"set"``, ``"vector"`` or ``"grid"``; default (:func:`infer_obs_kind`):
+        ``"set"`` for 1-D / 2-D observations whose likelihood is invariant to reordering their
+        rows (iid data: a permutation-invariant summary is then right), ``"vector"`` for other
+        1-D / 2-D observations (groups, time series, rows tied to covariates: flattened),
+        ``"grid"`` for more dimensions.
       design_shape: pytree of shapes of one dataset's design data, or ``None``; with it,
         ``simulate(key, theta, design)`` and ``log_likelihood(theta, y, design)`` take it.
     Raises:
@@ -344,20 +347,51 @@ def make_model(
     """
     param_names = tuple(param_names)
     obs_shape = tuple(int(s) for s in obs_shape)
-    if obs_kind is None:
-        obs_kind = {1: "vector", 2: "set"}.get(len(obs_shape), "grid")
-    if obs_kind not in ("set", "vector", "grid"):
+    if obs_kind not in (None, "set", "vector", "grid"):
         raise ValueError(f"obs_kind must be 'set', 'vector' or 'grid', got {obs_kind!r}")
     if constrain is None:
 
         def constrain(theta):
             return {n: theta[i] for i, n in enumerate(param_names)}
 
-    model = Model(name, param_names, obs_shape, obs_kind, sample_prior, simulate, log_prior,
+    model = Model(name, param_names, obs_shape, obs_kind or "vector", sample_prior, simulate, log_prior,
                   log_likelihood, constrain, dict(info or {}), design_shape)
     probe = jax.eval_shape(lambda k: model.sample_prior(k, 2), jax.random.PRNGKey(0))
     if tuple(probe.shape) != (2, len(param_names)):
         raise ValueError(
             f"make_model({name!r}): sample_prior(key, n) must return [n, {len(param_names)}] "
             f"(one column per name in param_names={param_names}), got {tuple(probe.shape)} for n=2")
+    if obs_kind is None:
+        model = dataclasses.replace(model, obs_kind=infer_obs_kind(model))
     return model
+
+
+def rows_exchangeable(model: Model, num_probes: int = 4) -> bool:
+    """Whether ``log p(y | theta)`` is unchanged by reordering the rows (leading axis) of ``y``,
+    checked at ``num_probes`` prior draws and their simulations with one random permutation
+    each (fixed keys: the answer is a property of the model, the same every time)."""
+    n = model.obs_shape[0] if model.obs_shape else 0
+    if n < 2:
+        return False
+    key = jax.random.PRNGKey(20240917)
+    theta = model.sample_prior(key, num_probes)
+    design = (None if model.design_shape is None else jax.tree.map(
+        lambda s: jnp.ones((num_probes,) + tuple(s)), model.design_shape,
+        is_leaf=lambda s: isinstance(s, tuple)))
+    y = model.simulate(jax.random.fold_in(key, 1), theta, design)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, n))(jax.random.split(jax.random.fold_in(key, 2), num_probes))
+    y_perm = jax.vmap(lambda a, p: a[p])(y, perms)
+    args = () if design is None else (design,)
+    lik = jax.vmap(model.log_likelihood)
+    ll, llp = np.asarray(lik(theta, y, *args), np.float64), np.asarray(lik(theta, y_perm, *args), np.float64)
+    finite = np.isfinite(ll)
+    if not finite.any() or not np.array_equal(finite, np.isfinite(llp)):
+        return False
+    return bool(np.all(np.abs(ll[finite] - llp[finite]) <= 1e-4 * (1.0 + np.abs(ll[finite]))))
+
+
+def infer_obs_kind(model: Model) -> str:
+    """The observation kind of :func:`make_model`'s default (see its ``obs_kind``)."""
+    if len(model.obs_shape) > 2:
+        return "grid"
+    return "set" if rows_exchangeable(model) else "vector"

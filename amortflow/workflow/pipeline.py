@@ -105,6 +105,14 @@ def _fill_value(a: np.ndarray):
     return np.nan if kind in "fc" else (False if kind == "b" else (0 if kind in "iu" else ""))
 
 
+def _pad_width(a: np.ndarray, width: int, fill) -> np.ndarray:
+    """``a [n, w, ...]`` padded along axis 1 to ``width`` with ``fill`` (a float32 copy)."""
+    a = np.asarray(a, np.float32)
+    out = np.full((a.shape[0], width) + a.shape[2:], fill, np.float32)
+    out[:, :a.shape[1]] = a
+    return out
+
+
 def _column(k: int, like: np.ndarray) -> np.ndarray:
     like = np.asarray(like)
     dtype = object if like.dtype.kind in "USO" else like.dtype
@@ -158,14 +166,12 @@ class Records:
         weighted = self.weighted
         if res.weighted is not None and accepted.any():
             wd, wl = (np.asarray(a) for a in res.weighted)
-            if weighted is None:
-                weighted = (np.full((k,) + wd.shape[1:], np.nan, np.float32),
-                            np.full((k,) + wl.shape[1:], -np.inf, np.float32))
-            elif weighted[0].shape[1:] != wd.shape[1:]:
-                raise ValueError(f"weighted draws of shape {wd.shape[1:]} do not match the "
-                                 f"{weighted[0].shape[1:]} of an earlier stage")
-            else:
-                weighted = (weighted[0].copy(), weighted[1].copy())
+            width = max(wd.shape[1], 0 if weighted is None else weighted[0].shape[1])
+            # stages may weight different numbers of draws: pad with NaN draws of weight zero
+            old_d, old_l = weighted if weighted is not None else (
+                np.full((k, 0) + wd.shape[2:], np.nan, np.float32), np.full((k, 0), -np.inf, np.float32))
+            weighted = (_pad_width(old_d, width, np.nan), _pad_width(old_l, width, -np.inf))
+            wd, wl = _pad_width(wd, width, np.nan), _pad_width(wl, width, -np.inf)
             weighted[0][index[accepted]] = wd[accepted]
             weighted[1][index[accepted]] = wl[accepted]
         diags = dict(self.diagnostics)

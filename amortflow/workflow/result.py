@@ -111,26 +111,37 @@ class WorkflowResult:
         return self._constrain(self.draws)
 
     def summary_draws(self, constrained: bool | None = None):
-        """``(draws, weights)`` behind every summary: name -> ``[K, S]`` draws and ``[K, S]``
+        """``(draws, weights)`` behind every summary: name -> ``[K, W]`` draws and ``[K, W]``
         normalized weights -- the weighted draws of importance-sampling routes, the equally
-        weighted draws elsewhere. ``constrained=None``: constrained when the model is known."""
+        weighted draws elsewhere (zero-weight padding where the widths differ; failed datasets
+        keep NaN draws). ``constrained=None``: constrained when the model is known."""
         constrained = self.model is not None if constrained is None else constrained
-        draws = self.draws
-        w = np.full(draws.shape[:2], 1.0 / draws.shape[1])
-        rows = np.zeros(self.num_datasets, bool)
-        if self.weighted is not None and self.weighted[0].shape == draws.shape:
+        k, s, d = self.draws.shape
+        width = s if self.weighted is None else max(s, self.weighted[0].shape[1])
+        draws = np.full((k, width, d), np.nan, np.float32)
+        draws[:, :s] = self.draws
+        w = np.zeros((k, width))
+        w[:, :s] = 1.0 / s
+        if self.weighted is not None:
             lw = np.asarray(self.weighted[1], np.float64)
-            rows = np.isfinite(lw).any(axis=1) & np.isfinite(self.weighted[0]).all(axis=(1, 2))
+            rows = np.isfinite(lw).any(axis=1)
             if rows.any():
-                draws = np.where(rows[:, None, None], self.weighted[0], draws)
-                e = np.exp(lw[rows] - lw[rows].max(axis=1, keepdims=True))
+                wd = self.weighted[0][rows]
+                draws[rows] = np.nan
+                draws[rows, :wd.shape[1]] = wd
+                e = np.zeros((int(rows.sum()), width))
+                lr = lw[rows]
+                e[:, :lr.shape[1]] = np.where(np.isfinite(lr), np.exp(lr - lr.max(axis=1, keepdims=True)), 0.0)
                 w[rows] = e / e.sum(axis=1, keepdims=True)
+        # padding (weight 0) gets a finite placeholder: the first draw of its dataset
+        pad = (w == 0) & ~np.isfinite(draws).all(axis=2)
+        draws = np.where(pad[..., None], draws[:, :1], draws)
         if constrained:
             if self.model is None:
                 raise ValueError("constrained summaries need the model: WorkflowResult.load(path, model=...)")
             named = self._constrain(draws)
         else:
-            named = {n: draws[:, :, j] for j, n in enumerate(self.param_names)}
+            named = {n: draws[:, :, j].astype(np.float64) for j, n in enumerate(self.param_names)}
         return named, w
 
     def posterior_mean(self, constrained: bool | None = None) -> dict[str, np.ndarray]:
@@ -207,10 +218,11 @@ class WorkflowResult:
             post = {n: self.draws[i, :, j][None] for j, n in enumerate(self.param_names)}
         idata = az.from_dict(posterior=post)
         if self.weighted is not None and np.isfinite(self.weighted[1][i]).any():
-            wd = np.asarray(self.weighted[0][i:i + 1])
+            keep = np.isfinite(self.weighted[1][i])  # drop zero-weight padding
+            wd = np.asarray(self.weighted[0][i:i + 1, keep])
             named = (self._constrain(wd) if self.model is not None
                      else {n: wd[:, :, j] for j, n in enumerate(self.param_names)})
-            lw = np.asarray(self.weighted[1][i], np.float64)
+            lw = np.asarray(self.weighted[1][i, keep], np.float64)
             grp = {k: (("chain", "draw") + tuple(f"{k}_dim_{a}" for a in range(v.ndim - 2)), v)
                    for k, v in named.items()}
             grp["log_weight"] = (("chain", "draw"), (lw - np.logaddexp.reduce(lw))[None])

@@ -322,6 +322,7 @@ def default_stages(model: Model, estimator, config, *, progress: bool = True) ->
                                  batch_size=config.batch_size))
         if config.refine_rounds:
             stages.append(refine_stage(model, num_draws=config.num_draws, rounds=config.refine_rounds,
+                                       estimator=estimator,
                                        khat_threshold=config.khat_threshold,
                                        min_ess=config.psis_min_ess, max_error=config.psis_max_error,
                                        resample=config.psis_resample,
