@@ -151,3 +151,32 @@ def test_make_model_from_plain_functions_grid_observations():
     assert ys.shape == (7, 4, 5)
     assert m.constrain(th)["a"].shape == (7,)
     assert np.isfinite(np.asarray(jax.vmap(m.log_density)(th, ys))).all()
+
+
+def test_make_model_infers_whether_rows_are_exchangeable():
+    """obs_kind 'set' only when the likelihood ignores the order of the rows: iid data yes; a
+    regression's responses (tied to covariate rows) and an autoregressive series no."""
+    import jax.scipy.stats as jstats
+
+    def build(loglik, simulate, shape):
+        return af.make_model(name="m", param_names=("a",), obs_shape=shape,
+                             sample_prior=lambda k, n: jax.random.normal(k, (n, 1)),
+                             simulate=simulate, log_prior=lambda t: jstats.norm.logpdf(t[0]),
+                             log_likelihood=loglik)
+
+    x = jnp.linspace(-1.0, 1.0, 12)
+    iid = build(lambda t, y: jnp.sum(jstats.norm.logpdf(y, t[0])),
+                lambda k, t: t[0] + jax.random.normal(k, (12,)), (12,))
+    regression = build(lambda t, y: jnp.sum(jstats.norm.logpdf(y, t[0] * x)),
+                       lambda k, t: t[0] * x + jax.random.normal(k, (12,)), (12,))
+    series = build(lambda t, y: jnp.sum(jstats.norm.logpdf(y[1:], jnp.tanh(t[0]) * y[:-1])),
+                   lambda k, t: jnp.cumsum(jax.random.normal(k, (12,))), (12,))
+    iid_vectors = build(lambda t, y: jnp.sum(jstats.norm.logpdf(y, t[0])),
+                        lambda k, t: t[0] + jax.random.normal(k, (6, 2)), (6, 2))
+    groups = build(lambda t, y: jnp.sum(jstats.norm.logpdf(y, t[0] * jnp.arange(6.0)[:, None])),
+                   lambda k, t: t[0] * jnp.arange(6.0)[:, None] + jax.random.normal(k, (6, 2)), (6, 2))
+    assert (iid.obs_kind, regression.obs_kind, series.obs_kind) == ("set", "vector", "vector")
+    assert (iid_vectors.obs_kind, groups.obs_kind) == ("set", "vector")
+    assert af.make_model(name="m", param_names=("a",), obs_shape=(12,), obs_kind="set",
+                         sample_prior=iid.sample_prior, simulate=lambda k, t: t[0] * x,
+                         log_prior=iid.log_prior, log_likelihood=regression.log_likelihood).obs_kind == "set"
