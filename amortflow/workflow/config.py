@@ -129,8 +129,11 @@ class WorkflowConfig:
         """The paper's default, as an explicit opt-in: datasets that pass the OOD check are
         accepted from the amortized draws without the PSIS gate (their k-hat is still reported,
         and k-hat >= 1 still refuses them). Faster, but the answer is the network's alone:
-        its error is whatever training left (benchmarks/README.md records it per model), where
-        the default gate bounds the Monte Carlo error of every accepted answer."""
+        its error is whatever training left, where the default gate bounds the Monte Carlo
+        error of every accepted answer. Measured with ``fit_posterior`` defaults against the
+        analytic posterior (50 datasets, benchmarks/notes_training.md): posterior means off by
+        0.054 sd RMS (max 0.13) on the 2-d conjugate Gaussian, 0.115 sd RMS (max 0.39) on the
+        10-d one."""
         return cls(**{"psis_on_all": False, **kw})
 
     @classmethod
