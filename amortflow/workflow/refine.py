@@ -28,8 +28,8 @@ import numpy as np
 from amortflow import diagnostics as dg
 from amortflow._backend import datasets_per_step, keys_for
 from amortflow.models.base import Model
-from amortflow.models.observation import Observation, to_device
-from amortflow.workflow.pipeline import Stage, StageInput, StageResult
+from amortflow.models.observation import Observation, take, to_device
+from amortflow.workflow.pipeline import Stage, StageInput, StageResult, _pad_width
 
 
 def fit_student_t(draws, log_w, *, blend: float = 0.1, inflate: float = 1.2):
@@ -168,39 +168,59 @@ def refine_stage(model: Model, *, num_draws: int, rounds: int = 3, df: float = 5
         bs = batch_size or datasets_per_step(n, num_draws)
         obs = to_device(inp.obs)
         x, lw, mean, chol = adaptive_is(keys, model, obs, draws, lw0, rounds, num_draws, df, bs)
-        evals = rounds * num_draws
-        if mixture and "log_q" in inp.carry:
+        evals = np.full(n, rounds * num_draws, np.int64)
+        d = is_diagnostics(x, lw)
+        gate = dict(khat_threshold=thr, min_ess=min_ess or 0.0, max_error=max_error,
+                    param_names=model.param_names, label="refined IS")
+
+        def judge(d):
+            return psis_gate(d["khat"], d["ess"], gate["khat_threshold"], gate["min_ess"], error=d["error"],
+                             max_error=gate["max_error"], worst=d["worst"], num_bad=d["num_bad"],
+                             param_names=gate["param_names"], label=gate["label"])
+
+        routes, reasons = judge(d)
+        x = np.asarray(x)
+        # the defensive mixture only where the Student-t alone fails the gate (and the estimator
+        # has a density): it costs 2 * n_final amortized log densities per dataset
+        redo = np.nonzero(routes != "psis")[0] if mixture and "log_q" in inp.carry else np.zeros(0, int)
+        if redo.size:
+            sub = jnp.asarray(redo)
             xt = jax.vmap(lambda k, m, c: student_t_sample(jax.random.fold_in(k, 10_000), m, c, df, n_final)[0])(
-                keys, mean, chol)
+                keys[sub], mean[sub], chol[sub])
+            sub_obs = take(inp.obs, redo)
             extra = n_final - draws.shape[1]
-            parts_x, parts_lq = [draws], [jnp.asarray(inp.carry["log_q"])]
+            parts_x, parts_lq = [draws[sub]], [jnp.asarray(inp.carry["log_q"])[sub]]
             if extra > 0:
-                xq, lq = estimator.sample_and_log_prob(jax.random.fold_in(key, 2), inp.obs, extra,
-                                                       batch_size=batch_size, dataset_ids=inp.index)
+                xq, lq = estimator.sample_and_log_prob(jax.random.fold_in(key, 2), sub_obs, extra,
+                                                       batch_size=batch_size, dataset_ids=inp.index[redo])
                 parts_x.append(jnp.asarray(np.asarray(xq)))
                 parts_lq.append(jnp.asarray(np.asarray(lq)))
-            xq_all = jnp.concatenate(parts_x, 1)
-            lq_all = jnp.concatenate(parts_lq, 1)
-            lq_t = jnp.asarray(np.asarray(estimator.log_prob(np.asarray(xt), inp.obs)))
-            x, lw = mixture_weights(model, obs, xq_all, lq_all, xt, lq_t, mean, chol, df,
-                                    max(1, bs // (2 * int(final_factor))))
-            evals += 2 * n_final
-        d = is_diagnostics(x, lw)
+            lq_t = jnp.asarray(np.asarray(estimator.log_prob(np.asarray(xt), sub_obs)))
+            xm, lwm = mixture_weights(model, to_device(sub_obs), jnp.concatenate(parts_x, 1),
+                                      jnp.concatenate(parts_lq, 1), xt, lq_t, mean[sub], chol[sub], df,
+                                      max(1, bs // (2 * int(final_factor))))
+            dm = is_diagnostics(xm, lwm)
+            width = xm.shape[1]
+            x = _pad_width(x, width, np.nan)
+            d = {k: (_pad_width(v, width, -np.inf) if k == "log_weights" else np.array(v)) for k, v in d.items()}
+            x[redo] = np.asarray(xm)
+            for k, v in dm.items():
+                d[k][redo] = v
+            evals[redo] += 2 * n_final
+            routes, reasons = judge(d)
         khat, ess = d["khat"], d["ess"]
-        routes, reasons = psis_gate(khat, ess, thr, min_ess or 0.0, error=d["error"], max_error=max_error,
-                                    worst=d["worst"], num_bad=d["num_bad"],
-                                    param_names=model.param_names, label="refined IS")
         routes[routes == "psis"] = route
-        out = psis_resample(jax.random.fold_in(key, 1), jnp.asarray(np.asarray(x)), jnp.asarray(d["log_weights"]),
+        out = psis_resample(jax.random.fold_in(key, 1), jnp.asarray(x), jnp.asarray(d["log_weights"]),
                             num_draws, resample, ids)
         return StageResult(
             routes, reasons, draws=np.asarray(out),
             diagnostics={"refine_khat": khat, "refine_ess": ess, "refine_error": d["error"]},
-            cost={"num_log_density_evals": np.full(n, evals, np.int64)},
+            cost={"num_log_density_evals": evals},
             carry={"draws": np.asarray(out), "log_weights": np.zeros((n, num_draws), np.float32)},
             weighted=(np.asarray(x), d["log_weights"]),
             info={"note": f"{rounds} rounds of Student-t adaptive importance sampling"
-                          + (f", then a defensive mixture of {2 * n_final} draws" if mixture else "")})
+                          + (f"; a defensive mixture of {2 * n_final} draws for the {redo.size} the "
+                             "Student-t alone did not settle" if redo.size else "")})
 
     return Stage("refine", run, salt=5, columns={"refine_khat": np.float64, "refine_ess": np.float64,
                                                  "refine_error": np.float64})
