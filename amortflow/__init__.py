@@ -5,6 +5,9 @@ from amortflow.models import Model, ObservationError, from_numpyro, make_model
 from amortflow import estimators, nets
 from amortflow.estimators import (
     PosteriorEstimator,
+    ReweightedSimulations,
+    SelfNormalizedKL,
+    Tempering,
     TrainConfig,
     TrainingDivergedError,
     fit_posterior,

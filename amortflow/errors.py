@@ -20,6 +20,11 @@ class ConfigError(AmortflowError, ValueError):
     """A setting outside its allowed range (the message names the field and the range)."""
 
 
+class BetaRangeError(ConfigError):
+    """A temperature ``beta`` outside the range a generalized-Bayes estimator was trained on
+    (the message names the range, how to retrain, and the explicit opt-in to extrapolate)."""
+
+
 class ProgressError(AmortflowError, ValueError):
     """An ``out_dir`` progress folder that belongs to another run, or a damaged progress file
     (the message names the file; delete it to recompute that stage)."""
@@ -39,4 +44,4 @@ class ResultFileError(AmortflowError, ValueError):
     another model than the one passed to ``WorkflowResult.load``."""
 
 
-__all__ = ["CheckpointError", "TrainingDivergedError", "ResultFileError", "AmortflowError", "ObservationError", "ConfigError", "ProgressError"]
+__all__ = ["CheckpointError", "TrainingDivergedError", "ResultFileError", "AmortflowError", "ObservationError", "ConfigError", "BetaRangeError", "ProgressError"]

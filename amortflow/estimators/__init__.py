@@ -5,10 +5,13 @@ from amortflow.estimators.checkpoint import CheckpointError, load_estimator, reg
 from amortflow.estimators.data import (Standardization, WidenedPrior, fit_standardization, simulate_bank,
                                       split_bank, widen_prior)
 from amortflow.estimators.npe import NPESpec, PosteriorEstimator, fit_posterior
+from amortflow.estimators.tempered import (ReweightedSimulations, SelfNormalizedKL, Tempering,
+                                           reweighting_ess)
 from amortflow.estimators.training import TrainConfig, TrainingDivergedError, train
 
 __all__ = [
     "Estimator", "CheckpointError", "load_estimator", "register_estimator_kind", "NPESpec",
     "PosteriorEstimator", "Standardization", "fit_standardization", "fit_posterior",
     "simulate_bank", "split_bank", "WidenedPrior", "widen_prior", "TrainConfig", "TrainingDivergedError", "train",
+    "Tempering", "SelfNormalizedKL", "ReweightedSimulations", "reweighting_ess",
 ]

@@ -29,6 +29,7 @@ from amortflow.estimators.data import (  # noqa: F401  (Standardization etc. re-
     split_bank,
     widen_prior,
 )
+from amortflow.estimators.tempered import Tempering, check_beta_range, make_tempered_loss
 from amortflow.estimators.training import TrainConfig, TrainResult, train
 from amortflow.errors import ConfigError
 from amortflow.models.base import Model, ObservationError, check_observation_batch
@@ -45,6 +46,8 @@ class NPESpec:
     The flow's context is the learned summary followed by ``num_conditions`` extra scalars
     (``log beta`` for a generalized-Bayes estimator, unless ``conditions=`` are passed) and then
     ``design_dim`` values: the flattened leaves of the observation's design data.
+    ``beta_range``: for a generalized-Bayes estimator, the ``(low, high)`` temperatures it was
+    trained on (others are refused, see :class:`~amortflow.estimators.tempered.Tempering`).
     """
 
     dim: int
@@ -54,6 +57,7 @@ class NPESpec:
     flow: FlowSpec
     num_conditions: int = 0
     design_dim: int = 0
+    beta_range: tuple[float, float] | None = None
 
     @property
     def num_extra(self) -> int:
@@ -208,7 +212,7 @@ def _datasets(spec: NPESpec, obs, owner: str):
     return ys, beta, design, single
 
 
-def _extra_inputs(spec: NPESpec, k: int, beta, design, conditions):
+def _extra_inputs(spec: NPESpec, k: int, beta, design, conditions, extrapolate: bool = False):
     """The context's extra inputs ``[K, num_extra]`` (None if the spec has none): explicit
     ``conditions`` or else ``log beta`` (beta defaults to 1), then the flattened design."""
     cols = []
@@ -219,6 +223,8 @@ def _extra_inputs(spec: NPESpec, k: int, beta, design, conditions):
             b = jnp.ones((k,), jnp.float32) if beta is None else beta
             if is_concrete(b) and not (np.isfinite(np.asarray(b)).all() and (np.asarray(b) > 0).all()):
                 raise ValueError(f"beta must be positive and finite for a beta-conditioned estimator, got {b}")
+            if is_concrete(b):
+                check_beta_range(b, spec.beta_range, "beta-conditioned estimator", extrapolate)
             cols.append(jnp.log(b)[:, None])
         else:
             raise ValueError(f"this estimator is conditioned on {spec.num_conditions} extra inputs; "
@@ -265,13 +271,25 @@ class PosteriorEstimator:
     history: dict = dataclasses.field(default_factory=dict)
     train_config: dict = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
+    allow_beta_extrapolation: bool = False
 
     kind = "npe"
     has_log_prob = True
 
+    @property
+    def beta_range(self) -> tuple[float, float] | None:
+        """``(low, high)`` temperatures a generalized-Bayes estimator was trained on, else None."""
+        return self.spec.beta_range
+
+    def allowing_extrapolation(self) -> "PosteriorEstimator":
+        """This estimator, answering a ``beta`` outside :attr:`beta_range` with a warning
+        instead of a :class:`~amortflow.estimators.tempered.BetaRangeError`."""
+        return dataclasses.replace(self, allow_beta_extrapolation=True)
+
     def _inputs(self, obs, conditions):
         ys, beta, design, single = _datasets(self.spec, obs, f"estimator for {self.model_name!r}")
-        return ys, _extra_inputs(self.spec, ys.shape[0], beta, design, conditions), single
+        extra = _extra_inputs(self.spec, ys.shape[0], beta, design, conditions, self.allow_beta_extrapolation)
+        return ys, extra, single
 
     def sample_and_log_prob(self, key, obs, num_draws: int, *, conditions=None, batch_size: int | None = None,
                             dataset_ids=None):
@@ -295,8 +313,12 @@ class PosteriorEstimator:
         if isinstance(num_draws, bool) or not isinstance(num_draws, numbers.Integral) or num_draws < 1:
             raise ConfigError(f"sample_and_log_prob: num_draws must be a whole number >= 1, got {num_draws!r}")
         ys, extra, _ = self._inputs(obs, conditions)
+        keys = dataset_keys(key, ys.shape[0], dataset_ids)  # per dataset: results do not depend on padding
+        return self._draw(keys, ys, extra, int(num_draws), batch_size)
+
+    def _draw(self, keys, ys, extra, num_draws: int, batch_size: int | None = None):
+        """Draws for normalised inputs (see :meth:`_inputs`) with per-dataset ``keys [K]``."""
         k = ys.shape[0]
-        keys = dataset_keys(key, k, dataset_ids)  # per dataset: results do not depend on padding
         n_dev, (keys, ys, extra) = _pad_to_devices(k, keys, ys, extra)
         per_dev = ys.shape[0] // n_dev
         bs = batch_size or datasets_per_step(per_dev, num_draws)
@@ -344,6 +366,7 @@ class PosteriorEstimator:
             "obs_kind": spec.obs_kind,
             "num_conditions": spec.num_conditions,
             "design_dim": spec.design_dim,
+            "beta_range": None if spec.beta_range is None else [float(v) for v in spec.beta_range],
             "summary": spec_to_dict(spec.summary),
             "flow": spec_to_dict(spec.flow),
         }
@@ -374,6 +397,7 @@ def fit_posterior(
     train_config: TrainConfig | None = None,
     num_validation: int | None = None,
     training_prior: WidenedPrior | None = None,
+    tempering: Tempering | None = None,
     progress: bool = True,
     checkpoint_dir: str | None = None,
 ) -> PosteriorEstimator:
@@ -399,6 +423,9 @@ def fit_posterior(
         the model's prior (a defensive proposal for data outside the prior's bulk; PSIS corrects
         to the model's prior). Validation simulations come from the same training prior.
         Not combinable with ``bank``.
+      tempering: a :class:`~amortflow.estimators.tempered.Tempering` to train a generalized-Bayes
+        estimator ``q(theta | y, beta)`` of the power posterior for every ``beta`` in its range
+        (``beta`` then rides in the :class:`~amortflow.models.Observation`); ``None``: ``beta = 1``.
       checkpoint_dir: resumable training state (re-running continues an interrupted run).
     Returns:
       :class:`PosteriorEstimator` with the best validation parameters.
@@ -419,6 +446,11 @@ def fit_posterior(
     if training_prior is not None and not isinstance(training_prior, WidenedPrior):
         raise ConfigError(f"fit_posterior: training_prior must be None or a WidenedPrior, "
                           f"got {type(training_prior).__name__}")
+    if tempering is not None and not isinstance(tempering, Tempering):
+        raise ConfigError(f"fit_posterior: tempering must be None or a Tempering, got {type(tempering).__name__}")
+    if tempering is not None and training_prior is not None:
+        raise ConfigError("fit_posterior: tempering and training_prior cannot be combined (the tempered "
+                          "objective's weights assume prior-predictive simulations)")
     if training_prior is not None and bank is not None:
         raise ConfigError("fit_posterior: training_prior cannot apply to a supplied bank (its parameters "
                           "were already drawn); simulate the bank from widen_prior(model, ...) instead")
@@ -463,18 +495,26 @@ def fit_posterior(
         obs_kind=model.obs_kind,
         summary=summary or default_summary_spec(model.obs_kind, model.obs_shape, model.dim),
         flow=flow or FlowSpec(),
+        num_conditions=0 if tempering is None else 1,
+        beta_range=None if tempering is None else (float(tempering.low), float(tempering.high)),
     )
     params = init_params(spec, k_init)
 
-    def loss_fn(p, batch, k):
-        return npe_loss(spec, p, std, batch, k)
+    if tempering is None:
+        def loss_fn(p, batch, k):
+            return npe_loss(spec, p, std, batch, k)
+    else:
+        loss_fn = make_tempered_loss(tempering, model, spec, std)
 
     prior_desc = None if training_prior is None else training_prior.to_dict()
+    temper_desc = None if tempering is None else tempering.to_dict()
     identity = None if checkpoint_dir is None else {
-        **_training_identity(key, model, spec, theta_bank, y_bank), "training_prior": prior_desc}
+        **_training_identity(key, model, spec, theta_bank, y_bank), "training_prior": prior_desc,
+        "tempering": temper_desc}
     result: TrainResult = train(
         k_train, loss_fn, params, batch_fn, data, val, cfg, progress=progress,
-        checkpoint_dir=checkpoint_dir, checkpoint_identity=identity, description=f"NPE {model.name}",
+        checkpoint_dir=checkpoint_dir, checkpoint_identity=identity,
+        description=f"NPE {model.name}" + ("" if tempering is None else f" (beta in [{tempering.low:g}, {tempering.high:g}])"),
     )
     return PosteriorEstimator(
         spec=spec,
@@ -485,7 +525,7 @@ def fit_posterior(
         history=result.history,
         train_config=dataclasses.asdict(cfg),
         extra={"num_simulations": None if theta_bank is None else int(len(theta_bank)),
-               "num_validation": int(n_val), "training_prior": prior_desc},
+               "num_validation": int(n_val), "training_prior": prior_desc, "tempering": temper_desc},
     )
 
 
@@ -551,7 +591,17 @@ def _spec_from_json(s: dict, where: str) -> NPESpec:
         flow=nets["flow"],
         num_conditions=field("num_conditions", _count, "a non-negative integer", 0),
         design_dim=field("design_dim", _count, "a non-negative integer", 0),
+        beta_range=_beta_range_from_json(s.get("beta_range"), where),
     )
+
+
+def _beta_range_from_json(v, where: str):
+    if v is None:
+        return None
+    if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                        for x in v) and 0 < v[0] < v[1] < math.inf):
+        raise ckpt.CheckpointError(f"{where}: field 'spec.beta_range' should be [low, high] with 0 < low < high, got {v!r}")
+    return (float(v[0]), float(v[1]))
 
 
 def _load_npe(cfg: dict, state: dict, path: str) -> PosteriorEstimator:
