@@ -17,4 +17,6 @@ from amortflow import mcmc
 from amortflow import workflow
 from amortflow.workflow import WorkflowConfig, WorkflowResult, run_workflow
 from amortflow import errors, presets
+from amortflow import gbi
+from amortflow.gbi import beta_sweep
 from amortflow.models import Observation, observe
