@@ -26,3 +26,31 @@ def gaussian_estimator(gaussian_model):
         train_config=af.TrainConfig(num_steps=2000, batch_size=512, learning_rate=2e-3),
         progress=False,
     )
+
+
+_SMALL_NETS = dict(summary=DeepSetSpec(phi_hidden=(32, 32), rho_hidden=(32,), out_dim=8, pooling=("mean",)),
+                   flow=FlowSpec(num_layers=3, hidden=(64, 64)))
+
+
+@pytest.fixture(scope="session")
+def tempered_model():
+    """1-d conjugate normal mean (20 observations, known noise sd): tempered posterior analytic
+    (``af.models.gaussian_mean_posterior(model, ys, beta)``)."""
+    return af.models.gaussian_mean(dim=1, num_obs=20)
+
+
+@pytest.fixture(scope="session")
+def tempered_estimator(tempered_model):
+    """q(theta | y, beta) for beta in [0.05, 2] (default objective; ~30 s). Measured: posterior-mean
+    error 0.05-0.07 sd and sd ratio 0.99-1.02 against the analytic power posterior."""
+    return af.fit_posterior(jax.random.PRNGKey(0), tempered_model, tempering=af.Tempering(low=0.05, high=2.0),
+                            train_config=af.TrainConfig(num_steps=1000, batch_size=256), progress=False,
+                            **_SMALL_NETS)
+
+
+@pytest.fixture(scope="session")
+def untempered_estimator(tempered_model):
+    """q(theta | y) trained at beta = 1 only (ignores beta): the wrongly tempered control."""
+    return af.fit_posterior(jax.random.PRNGKey(0), tempered_model,
+                            train_config=af.TrainConfig(num_steps=1000, batch_size=256), progress=False,
+                            **_SMALL_NETS)
