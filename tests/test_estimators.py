@@ -184,6 +184,7 @@ def test_non_finite_arrays_are_refused_naming_the_array(tmp_path, est):
     (lambda c: c["spec"].__setitem__("dim", "2"), "spec.dim"),
     (lambda c: c["spec"].__setitem__("obs_shape", [10, 2.5]), "spec.obs_shape"),
     (lambda c: c["spec"].__setitem__("num_conditions", True), "spec.num_conditions"),
+    (lambda c: c["spec"].__setitem__("beta_range", [2.0, 0.5]), "spec.beta_range"),
     (lambda c: c["spec"].__setitem__("flow", {**c["spec"]["summary"]}), "spec.flow"),
     (lambda c: c.__setitem__("param_names", [1, 2]), "param_names"),
     (lambda c: c.__setitem__("model_name", 3), "model_name"),

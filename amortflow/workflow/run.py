@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amortflow.estimators.tempered import check_beta_range
 from amortflow.models.base import Model, screen_observations
 from amortflow.models.observation import Observation, fingerprint_into, observe
 from amortflow.workflow.config import WorkflowConfig
@@ -97,6 +98,8 @@ def run_workflow(key, model: Model, estimator, ys, config: WorkflowConfig | None
     log = print if progress else (lambda *a, **k: None)
     check_estimator(model, estimator)
     obs, ok, reason = validate_datasets(model, ys, beta, design)
+    check_beta_range(np.asarray(obs.beta)[ok], getattr(getattr(estimator, "spec", None), "beta_range", None),
+                     "run_workflow", getattr(estimator, "allow_beta_extrapolation", False))
     stages = tuple(stages) if stages is not None else default_stages(model, estimator, cfg, progress=progress)
     columns = {"beta": np.asarray(obs.beta, np.float64), "num_log_density_evals": np.int64,
                "num_grad_evals": np.int64}
