@@ -2,10 +2,11 @@
 from amortflow.models.base import Model, ObservationError, make_model
 from amortflow.models.gaussian import gaussian_mean, gaussian_mean_posterior
 from amortflow.models.gev import gev
+from amortflow.models.misspecified import MisspecifiedNormal, misspecified_normal
 from amortflow.models.numpyro_bridge import NumpyroModelError, from_numpyro
 from amortflow.models.observation import Observation, observe
 
 __all__ = [
     "Model", "ObservationError", "make_model", "from_numpyro", "gev", "gaussian_mean",
-    "gaussian_mean_posterior", "Observation", "observe", "NumpyroModelError",
+    "gaussian_mean_posterior", "misspecified_normal", "MisspecifiedNormal", "Observation", "observe", "NumpyroModelError",
 ]
