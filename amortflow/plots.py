@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["plot_sbc_ecdf", "plot_workflow_sbc", "plot_sbc_histogram", "plot_coverage", "plot_psis_khat", "plot_ood_scores",
-           "plot_routing", "plot_workflow_diagnostics", "plot_posterior_comparison", "plot_recovery"]
+__all__ = ["plot_beta_sweep", "plot_sbc_ecdf", "plot_workflow_sbc", "plot_sbc_histogram", "plot_coverage", "plot_psis_khat", "plot_ood_scores",
+           "plot_routing", "plot_workflow_diagnostics", "plot_posterior_comparison", "plot_recovery",
+           "plot_coverage_vs_beta", "plot_tempered_sbc_ecdf"]
 
 
 def _grid(num: int, ncols: int | None = None, size=(3.2, 2.6)):
@@ -471,4 +472,106 @@ def plot_recovery(true_theta_constrained: dict, result, max_points: int = 2000):
         ax.set_xlabel("true value")
     axes[0].set_ylabel("posterior mean ± sd")
     axes[0].legend(fontsize="x-small", markerscale=2)
+    return fig
+
+
+def _tempered_inconclusive(ax, result):
+    """Grey out the temperatures a :class:`~amortflow.diagnostics.TemperedSBC` marks inconclusive."""
+    for b, ok in zip(np.asarray(result.betas), np.asarray(result.conclusive)):
+        if not ok:
+            ax.axvline(b, color="0.8", lw=6, alpha=0.6, zorder=0)
+
+
+def plot_coverage_vs_beta(result, param_names=None):
+    """Weighted coverage of central credible intervals vs temperature (log x-axis), one panel
+    per parameter: one line per nominal level with a ``±2 se`` band, the nominal level dashed;
+    inconclusive temperatures (low ESS / high ``k-hat``) shaded grey.
+
+    Args:
+      result: :class:`~amortflow.diagnostics.TemperedSBC` (``coverage [G, L, d]``).
+      param_names: ``d`` panel titles (default ``result.param_names``).
+    Returns:
+      Figure with ``d`` visible axes.
+    """
+    betas = np.asarray(result.betas, np.float64)
+    cov, se = np.asarray(result.coverage), np.asarray(result.coverage_se)
+    levels = np.asarray(result.levels)
+    d = cov.shape[2]
+    order = np.argsort(betas)
+    fig, axes = _grid(d)
+    names = _names(param_names if param_names is not None else result.param_names, d)
+    for j, (ax, name) in enumerate(zip(axes, names)):
+        _tempered_inconclusive(ax, result)
+        for l, lv in enumerate(levels):
+            c = f"C{l % 10}"
+            y, e = cov[order, l, j], se[order, l, j]
+            ax.fill_between(betas[order], y - 2 * e, y + 2 * e, color=c, alpha=0.2, lw=0)
+            ax.plot(betas[order], y, "o-", color=c, ms=3, label=f"{lv:g}")
+            ax.axhline(lv, color=c, ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(name)
+        ax.set_xlabel("beta")
+    axes[0].set_ylabel("weighted coverage")
+    axes[0].legend(title="nominal", fontsize="small")
+    return fig
+
+
+def plot_tempered_sbc_ecdf(result, param_names=None):
+    """Weighted ECDF difference of the ranks at every temperature, one panel per parameter, with
+    each temperature's bootstrap simultaneous ``1 - alpha`` band (``±result.critical``) as dotted
+    lines of the same colour; inconclusive temperatures dashed.
+
+    Args:
+      result: :class:`~amortflow.diagnostics.TemperedSBC`.
+    Returns:
+      Figure with ``d`` visible axes.
+    """
+    z, diff = result.ecdf_diff()
+    crit = np.asarray(result.critical)
+    d = diff.shape[2]
+    fig, axes = _grid(d)
+    names = _names(param_names if param_names is not None else result.param_names, d)
+    for j, (ax, name) in enumerate(zip(axes, names)):
+        ax.axhline(0.0, color="0.4", lw=0.8)
+        for g, b in enumerate(np.asarray(result.betas)):
+            c = f"C{g % 10}"
+            ls = "-" if result.conclusive[g] else "--"
+            ax.step(z, diff[g, :, j], where="mid", color=c, ls=ls,
+                    label=f"beta {b:g} ({result.verdict[g]}, p={result.pvalue[g, j]:.2g})")
+            ax.axhline(crit[g, j], color=c, ls=":", lw=0.8)
+            ax.axhline(-crit[g, j], color=c, ls=":", lw=0.8)
+        ax.set_title(name)
+        ax.set_xlabel("fractional rank")
+    axes[0].set_ylabel("weighted ECDF - uniform")
+    axes[0].legend(fontsize="x-small")
+    return fig
+
+
+def plot_beta_sweep(sweep, model=None, datasets=None, level: float = 0.9, max_datasets: int = 6):
+    """How the power posterior moves with beta: per parameter, the posterior mean and central
+    ``level`` interval against beta (log axis), one line per dataset.
+
+    Args:
+      sweep: :class:`~amortflow.gbi.BetaSweep` (``af.beta_sweep``) -- or its ``summary()`` table.
+      model: constrain the parameters with it (else unconstrained).
+      datasets: dataset indices to draw (default: the first ``max_datasets``).
+    """
+    table = sweep if hasattr(sweep, "pivot") else sweep.summary(model, level=level)
+    params = list(dict.fromkeys(table["param"]))
+    ids = list(datasets) if datasets is not None else sorted(set(table["dataset"]))[:max_datasets]
+    fig, axes = _grid(len(params))
+    for ax, name in zip(axes, params):
+        t = table[table["param"] == name]
+        for c, i in enumerate(ids):
+            r = t[t["dataset"] == i].sort_values("beta")
+            ax.fill_between(r["beta"], r["lower"], r["upper"], color=f"C{c % 10}", alpha=0.15, lw=0)
+            ax.plot(r["beta"], r["mean"], color=f"C{c % 10}", marker="o", ms=3, label=f"dataset {i}")
+        ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("temperature beta")
+        ax.set_title(name)
+    axes[0].set_ylabel(f"posterior mean and {100 * level:.0f}% interval")
+    if len(ids) > 1:
+        axes[0].legend(fontsize="x-small")
     return fig

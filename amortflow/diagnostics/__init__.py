@@ -18,6 +18,9 @@ from amortflow.diagnostics.sbc import (
     CoverageCurve, SBCBands, SBCResult, WorkflowSBC, coverage_curve, run_sbc, sbc_ecdf_bands, sbc_ecdf_diff,
     sbc_ecdf_test, sbc_ranks, sbc_uniformity_test, workflow_sbc,
 )
+from amortflow.diagnostics.tempered_sbc import (
+    TemperedSBC, tempered_sbc, tempered_sbc_fresh_prior, weighted_coverage, weighted_ecdf_diff,
+)
 
 __all__ = [
     "nested_rhat", "ISError", "is_mcse", "MCSE_FUNCTIONALS", "PSISResult", "psis", "psis_khat_threshold", "psis_tail_length", "resample", "gpd_fit",
@@ -28,5 +31,6 @@ __all__ = [
     "sbc_ranks", "run_sbc", "SBCResult", "SBCBands", "sbc_ecdf_bands", "sbc_ecdf_diff",
     "sbc_ecdf_test", "sbc_uniformity_test", "CoverageCurve", "coverage_curve",
     "workflow_sbc", "WorkflowSBC",
+    "tempered_sbc", "tempered_sbc_fresh_prior", "TemperedSBC", "weighted_ecdf_diff", "weighted_coverage",
     "posterior_accuracy", "accuracy_noise_floor", "c2st_knn", "wasserstein_1d", "ACCURACY_KEYS",
 ]
