@@ -51,7 +51,7 @@ def test_workflow_at_every_beta_reaches_the_power_posterior(request, tempered_mo
     ys = data[1][:20]
     beta = np.tile(np.asarray(BETAS, np.float32), 4)
     res = af.run_workflow(jax.random.PRNGKey(5), tempered_model, est, ys, beta=beta, progress=False)
-    assert set(res.route) <= {"amortized", "psis", "refined", "mcmc", "nuts"}, res.route_counts
+    assert set(res.route) <= {"amortized", "psis", "refined", "mcmc", "nuts"}, res.route_counts()
     mean, sd = res.posterior_mean(constrained=False), res.posterior_sd(constrained=False)
     m, s = (np.asarray(a)[:, 0] for a in gaussian_mean_posterior(tempered_model, ys, beta[:, None]))
     z = (np.asarray(mean["theta_0"]) - m) / s
@@ -137,3 +137,12 @@ def test_checkpoint_keeps_the_beta_range(tempered_estimator, tmp_path):
     loaded = af.load_estimator(path)
     assert loaded.beta_range == (0.05, 2.0)
     assert loaded.fingerprint() == tempered_estimator.fingerprint()
+
+
+def test_sweep_figure(tempered_model, tempered_estimator, data):
+    from amortflow.plots import plot_beta_sweep
+
+    sw = af.beta_sweep(jax.random.PRNGKey(3), tempered_estimator, data[1][:3], [0.1, 0.5, 1.0, 2.0], 50)
+    fig = plot_beta_sweep(sw, tempered_model)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3 + 1 and ax.get_xscale() == "log"

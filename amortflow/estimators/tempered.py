@@ -135,6 +135,14 @@ def stratified_log_betas(key, n: int, low: float, high: float):
     return a + (b - a) * jax.random.permutation(jax.random.fold_in(key, 1), u)
 
 
+def safe_softmax(lw):
+    """Softmax over the last axis of ``[..., m]`` log weights; rows that are all ``-inf`` give
+    zero weights instead of NaN."""
+    top = jnp.max(lw, axis=-1, keepdims=True)
+    e = jnp.where(jnp.isfinite(lw), jnp.exp(lw - jnp.where(jnp.isfinite(top), top, 0.0)), 0.0)
+    return e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), jnp.finfo(e.dtype).tiny)
+
+
 def make_tempered_loss(tempering: Tempering, model, spec, std):
     """``loss(params, batch, key) -> scalar`` for a beta-conditioned NPE (``spec.num_conditions
     == 1``) trained with ``tempering.objective`` on batches ``(theta [B, d], y [B, ...])``."""
@@ -163,7 +171,7 @@ def make_tempered_loss(tempering: Tempering, model, spec, std):
             log_betas = stratified_log_betas(key, obj.num_betas, low, high)
 
             def one(lb):
-                w = jax.nn.softmax((jnp.exp(lb) - 1.0) * ll)
+                w = safe_softmax((jnp.exp(lb) - 1.0) * ll)
                 return -jnp.sum(w * log_q(params, theta, with_beta(s, lb)))
 
             return jnp.mean(jax.vmap(one)(log_betas))
@@ -202,8 +210,11 @@ def make_tempered_loss(tempering: Tempering, model, spec, std):
         log_prop = jnp.logaddexp(log_mix[0] + lq_frozen, log_mix[1] + lp) if m_prior else lq_frozen
         target = lp + jnp.exp(log_betas)[:, None] * ll
         lw = jnp.where(jnp.isfinite(target) & jnp.isfinite(log_prop), target - log_prop, -jnp.inf)
-        w = jax.lax.stop_gradient(jax.nn.softmax(lw, axis=1))
-        tempered = -jnp.mean(jnp.sum(w * log_q(params, x, ctx[:, None, :]), axis=1))
+        w = jax.lax.stop_gradient(safe_softmax(lw))
+        # a dataset none of whose proposals has finite density (data-dependent support, early in
+        # training) contributes nothing rather than NaN
+        tempered = -jnp.sum(w * log_q(params, x, ctx[:, None, :])) / jnp.maximum(
+            jnp.sum(jnp.any(w > 0, axis=1)), 1)
         return exact + tempered
 
     return loss
