@@ -59,6 +59,7 @@ def test_workflow_at_every_beta_reaches_the_power_posterior(request, tempered_mo
     np.testing.assert_allclose(np.asarray(sd["theta_0"]) / s, 1.0, atol=0.15)
     np.testing.assert_allclose(res.table()["beta"].to_numpy(), beta, rtol=1e-6)
     assert res.inference_data(3).posterior.attrs["beta"] == pytest.approx(beta[3])
+    assert "power posterior at beta = 0.1, 0.3, 0.5, 1, 1.5" in res.summary()
     if which == "untempered_estimator":
         small = beta < 0.4
         assert not np.any(res.route[small] == "amortized"), res.route[small]

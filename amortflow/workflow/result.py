@@ -178,9 +178,19 @@ class WorkflowResult:
     def routing_text(self, title: str | None = None) -> str:
         """The routing table: datasets (and %) per route."""
         counts, k = self.route_counts(), max(self.num_datasets, 1)
-        lines = [title or f"{self.model_name}: {self.num_datasets} datasets"]
+        lines = [title or f"{self.model_name}: {self.num_datasets} datasets" + self._beta_note()]
         lines += [f"  {r:<10} {n:>6}  ({100 * n / k:5.1f}%)" for r, n in counts.items()]
         return "\n".join(lines)
+
+    def _beta_note(self) -> str:
+        """``", power posterior at beta = ..."`` when any dataset's temperature is not 1."""
+        b = np.asarray(self.diagnostics.get("beta", np.ones(0)), np.float64)
+        b = b[np.isfinite(b)]
+        if b.size == 0 or np.all(b == 1.0):
+            return ""
+        vals = np.unique(b)
+        shown = ", ".join(f"{v:g}" for v in vals) if vals.size <= 6 else f"{vals.min():g} .. {vals.max():g} ({vals.size} values)"
+        return f", power posterior at beta = {shown}"
 
     def timing_text(self, training_time_s: float | None = None, training_note: str = "") -> str:
         """Stage times (datasets processed; MCMC rungs with the datasets they accepted), with
