@@ -22,7 +22,7 @@ contaminated data; power posterior analytic). For each model, all in this one ru
   and at the beta chosen per dataset by generalized posterior calibration and by information
   matching.
 
-Results: ``benchmarks/results/gbi.json`` (``gbi_quick.json``) and a coverage-vs-beta figure.
+Results: ``benchmarks/results/gbi.json`` (``gbi_quick.json``); the figures are in notebook 04.
 """
 from __future__ import annotations
 
