@@ -17,6 +17,7 @@ import math
 import json
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -472,12 +473,47 @@ def console() -> None:
 
     After Ctrl-C the process leaves with status 130 through ``os._exit``: tearing the
     interpreter down while XLA's worker threads are still running crashed it (SIGSEGV)."""
+    _watch_for_interrupt()
     status = main()
+    _EXITING.set()
     if status == 130:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)
     sys.exit(status)
+
+
+#: seconds between Ctrl-C and a forced exit when the main thread sits in a long XLA call
+INTERRUPT_GRACE_S = 20.0
+
+
+def _watch_for_interrupt(grace_s: float = INTERRUPT_GRACE_S) -> None:
+    """Deliver Ctrl-C reliably. Python's SIGINT handler only marks the interrupt; the main thread
+    raises KeyboardInterrupt (the usual clean-up and message) once it runs Python code again,
+    which inside a long compiled XLA call can take minutes. The handler also writes the signal
+    number to a wakeup pipe -- from whichever thread the kernel chose -- and a watcher thread
+    reading it exits with status 130 itself if ``main`` has not returned ``grace_s`` later."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return  # embedded use, or SIGINT ignored / handled by the caller: leave it alone
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+    def watch():
+        while int(signal.SIGINT) not in os.read(r, 64):
+            pass
+        if not _EXITING.wait(grace_s):
+            print("amortflow: interrupted (re-run with the same --out to resume)", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(130)
+
+    threading.Thread(target=watch, name="amortflow-sigint", daemon=True).start()
+
+
+_EXITING = threading.Event()  # set once main() has returned: the watcher then leaves it be
 
 
 def main(argv=None) -> int:

@@ -369,6 +369,27 @@ def test_ctrl_c_exits_130_without_a_crash(tmp_path):
     assert "interrupted" in err
 
 
+def test_ctrl_c_while_the_main_thread_stays_busy_still_exits_130():
+    """A main thread that does not get back to the command after Ctrl-C (here: it swallows the
+    KeyboardInterrupt and keeps sleeping in C, as a long XLA call keeps running) is ended by the
+    watcher with status 130 after the grace period."""
+    code = ("import ctypes, amortflow.cli as c\nlibc = ctypes.CDLL(None)\nc._watch_for_interrupt(1.0)\n"
+            "first = True\n"
+            "while True:\n"
+            "    try:\n"
+            "        if first:\n            first = False\n            print('ready', flush=True)\n"
+            "        libc.sleep(100)\n"
+            "    except KeyboardInterrupt:\n        pass\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = p.stdout.readline()
+    assert first.strip() == "ready", (first, p.communicate(timeout=30))
+    t0 = time.time()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err, (p.returncode, err[-2000:])
+    assert time.time() - t0 < 30
+
+
 def test_nan_log_density_is_never_accepted_by_importance_sampling(gaussian_model, gaussian_estimator, data):
     """A likelihood that returns NaN on part of the parameter space (a bug in the model) must
     not end "amortized", "psis" or "refined": PSIS alone would treat those draws as weight 0."""
