@@ -30,6 +30,7 @@ from amortflow._compile import DEFAULT_CACHE
 from amortflow.diagnostics.psis import psis, psis_khat_threshold
 from amortflow.errors import ConfigError
 from amortflow.estimators.tempered import check_beta_range
+from amortflow.gbi.sweep import pair_keys
 from amortflow.models.observation import Observation
 
 __all__ = ["BetaCalibration", "calibrate_beta", "InformationBeta", "information_beta", "crossing",
@@ -455,9 +456,7 @@ def _draws(estimator, key, ys, betas, grid_ids, pair_ids, num_draws):
     depend on how the grid is chunked."""
     obs = Observation(ys, jnp.asarray(betas, jnp.float32))
     y_in, extra, _ = estimator._inputs(obs, None)
-    keys = jax.vmap(lambda g, i: jax.random.fold_in(jax.random.fold_in(key, g), i))(
-        jnp.asarray(grid_ids, jnp.uint32), jnp.asarray(pair_ids, jnp.uint32))
-    return estimator._draw(keys, y_in, extra, int(num_draws))
+    return estimator._draw(pair_keys(key, grid_ids, pair_ids), y_in, extra, int(num_draws))
 
 
 # --------------------------------------------------------------------------- comparison

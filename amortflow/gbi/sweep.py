@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortflow._backend import keys_for
 from amortflow.errors import ConfigError
 from amortflow.models.observation import Observation
 
@@ -68,12 +67,18 @@ def _named(draws, names, model):
     return out
 
 
+def pair_keys(key, beta_ids, dataset_ids) -> jax.Array:
+    """``[N]`` keys ``fold_in(fold_in(key, beta_ids[i]), dataset_ids[i])``: a (dataset,
+    temperature) pair's draws depend on its two indices only, not on the batch it is in."""
+    return jax.vmap(lambda b, i: jax.random.fold_in(jax.random.fold_in(key, b), i))(
+        jnp.asarray(beta_ids, jnp.uint32), jnp.asarray(dataset_ids, jnp.uint32))
+
+
 def sweep_keys(key, num_datasets: int, betas) -> jax.Array:
     """``[K * B]`` keys, dataset-major: pair ``(k, b)`` gets ``fold_in(fold_in(key, b), k)`` --
     the key dataset ``k`` has in ``est.sample(fold_in(key, b), obs_at_beta_b, dataset_ids=arange(K))``."""
-    per_beta = jax.vmap(lambda b: keys_for(jax.random.fold_in(key, b), jnp.arange(num_datasets)))(
-        jnp.arange(len(betas)))  # [B, K]
-    return jnp.swapaxes(per_beta, 0, 1).reshape((-1,) + per_beta.shape[2:])
+    nb = len(betas)
+    return pair_keys(key, np.tile(np.arange(nb), num_datasets), np.repeat(np.arange(num_datasets), nb))
 
 
 def beta_sweep(key, estimator, obs, betas, num_draws: int, *, batch_size: int | None = None) -> BetaSweep:
