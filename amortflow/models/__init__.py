@@ -5,8 +5,10 @@ from amortflow.models.gev import gev
 from amortflow.models.misspecified import MisspecifiedNormal, misspecified_normal
 from amortflow.models.numpyro_bridge import NumpyroModelError, from_numpyro
 from amortflow.models.observation import Observation, observe
+from amortflow.models.spatial import spatial_gp, spatial_gp_grid_posterior
 
 __all__ = [
     "Model", "ObservationError", "make_model", "from_numpyro", "gev", "gaussian_mean",
     "gaussian_mean_posterior", "misspecified_normal", "MisspecifiedNormal", "Observation", "observe", "NumpyroModelError",
+    "spatial_gp", "spatial_gp_grid_posterior",
 ]
