@@ -294,3 +294,13 @@ def test_checkpoint_of_another_training_prior_is_refused(tmp_path):
     af.fit_posterior(jax.random.PRNGKey(0), m, **kw)
     with pytest.raises(CheckpointError, match=r"differs in: .*training_prior"):
         af.fit_posterior(jax.random.PRNGKey(0), m, training_prior=WidenedPrior(), **kw)
+
+
+def test_summary_function_is_the_learned_summary(gaussian_estimator, gaussian_model):
+    """est.summary_function() is a pure function of one dataset equal to est.summaries, and
+    composes with jit/vmap (NLE on learned summaries relies on it)."""
+    ys = np.asarray(gaussian_model.simulate(jax.random.PRNGKey(5), gaussian_model.sample_prior(jax.random.PRNGKey(4), 6)))
+    f = gaussian_estimator.summary_function()
+    got = np.asarray(jax.jit(jax.vmap(f))(ys))
+    np.testing.assert_allclose(got, np.asarray(gaussian_estimator.summaries(ys)), rtol=1e-5, atol=1e-5)
+    assert got.shape == (6, gaussian_estimator.summaries(ys).shape[1])

@@ -358,6 +358,17 @@ class PosteriorEstimator:
         ys = _datasets(self.spec, obs, f"estimator for {self.model_name!r}")[0]
         return _summaries(self.spec, self.params, self.standardization, ys, int(min(batch_size, ys.shape[0])))
 
+    def summary_function(self):
+        """The learned summary as a pure JAX function of one dataset: ``y [*obs_shape] -> [c]``
+        (standardization included; parameters fixed). A learned data space for estimators that
+        need one, e.g. neural likelihood estimation on summaries (``fit_likelihood(summary_fn=...)``)."""
+        spec, params, std = self.spec, self.params["summary"], self.standardization
+
+        def summary(y):
+            return spec.summary_net.apply(params, (jnp.asarray(y, jnp.float32) - std.y_loc) / std.y_scale)
+
+        return summary
+
     def _spec_dict(self) -> dict:
         spec = self.spec
         return {
