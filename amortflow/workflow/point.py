@@ -1,0 +1,63 @@
+"""A workflow stage that puts a neural Bayes estimator's answers into the result table.
+
+``run_workflow(..., stages=(point_estimate_stage(nbe),) + default_stages(model, est, cfg))``
+gives one row per dataset with the point estimates (and quantiles) next to the posterior's
+mean and sd. The stage decides no route: every dataset is handed on, no draws are produced.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from amortflow.workflow.pipeline import Stage, StageInput, StageResult, hand_on
+
+
+def point_columns(estimator, name: str = "nbe") -> dict[str, tuple[int, int]]:
+    """Column name -> ``(output slot, parameter index)`` for a point estimator's outputs.
+
+    ``<name>_<param>`` for the first mean / median output (the 0.5 quantile if there is none),
+    ``<name>_<param>_<label>`` for every other output (``_q05``, ``_q95``, ``_median``, ...)."""
+    labels = tuple(estimator.output_labels)
+    try:
+        main = estimator._point_slot()
+    except ValueError:  # quantiles without 0.5: every column keeps its label
+        main = None
+    cols = {}
+    for slot, lab in enumerate(labels):
+        for j, p in enumerate(estimator.param_names):
+            cols[f"{name}_{p}" if slot == main else f"{name}_{p}_{lab}"] = (slot, j)
+    return cols
+
+
+def point_estimate_stage(point_estimator, *, name: str = "nbe", batch_size: int | None = None) -> Stage:
+    """A :class:`~amortflow.workflow.pipeline.Stage` writing the outputs of ``point_estimator``
+    (a :class:`~amortflow.estimators.point.PointEstimator`) as diagnostics columns (see
+    :func:`point_columns`), in the model's unconstrained space.
+
+    Routes nothing: every dataset is handed on (reason ``""``) and no draws are returned, so
+    the stages after it see the datasets exactly as without it. Put it first: a stage handing
+    on with an empty reason replaces the reason an earlier stage handed a dataset on for.
+    Datasets whose temperature ``beta`` is not 1 get NaN: the estimator answers for the
+    ``beta = 1`` posterior only. Invalid datasets never reach a stage and keep NaN too.
+    """
+    if getattr(point_estimator, "kind", None) != "nbe":
+        raise TypeError(f"point_estimate_stage: expected a PointEstimator (kind 'nbe'), got "
+                        f"{type(point_estimator).__name__}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"point_estimate_stage: name must be a non-empty string, got {name!r}")
+    cols = point_columns(point_estimator, name)
+
+    def run(key, inp: StageInput) -> StageResult:
+        n = inp.index.size
+        out = np.asarray(point_estimator.predict(inp.obs, batch_size=batch_size), np.float64)
+        tempered = np.asarray(inp.obs.beta, np.float64) != 1.0
+        out[tempered] = np.nan
+        route, reason = hand_on(n)
+        diags = {c: out[:, slot, j] for c, (slot, j) in cols.items()}
+        note = (f"{int(tempered.sum())} datasets with beta != 1 left NaN (trained at beta = 1)"
+                if tempered.any() else "")
+        return StageResult(route, reason, draws=None, diagnostics=diags, info={"note": note} if note else {})
+
+    return Stage(name, run, columns={c: np.float64 for c in cols})
+
+
+__all__ = ["point_estimate_stage", "point_columns"]
