@@ -265,6 +265,33 @@ def _nan_reduce(fn, a):
     return out
 
 
+#: the per-dataset diagnostics an MCMC-ladder stage reports (see :func:`ladder_stage_result`)
+MCMC_COLUMNS = {"mcmc_stage": object, "nested_rhat_max": np.float64, "rhat_max": np.float64,
+                "ess_bulk_min": np.float64, "ess_tail_min": np.float64, "divergences": np.float64,
+                "step_size": np.float64, "num_init_fallback": np.int64, "num_grad_evals": np.int64}
+
+
+def ladder_stage_result(res) -> StageResult:
+    """A :class:`~amortflow.mcmc.LadderResult` as a stage's result: the accepting rung's route
+    (``"mcmc"`` | ``"nuts"``) or ``"failed"`` with the ladder's reason, the draws, and the
+    :data:`MCMC_COLUMNS` diagnostics (shared by every stage that runs the ladder)."""
+    st = res.stats
+    return StageResult(
+        np.asarray(res.route, dtype=object), np.asarray(res.reason, dtype=object), draws=np.asarray(res.draws),
+        diagnostics={
+            "mcmc_stage": np.asarray(res.rung, dtype=object),
+            "nested_rhat_max": _nan_reduce(np.nanmax, st.nested_rhat),
+            "rhat_max": _nan_reduce(np.nanmax, st.rhat),
+            "ess_bulk_min": _nan_reduce(np.nanmin, st.ess_bulk),
+            "ess_tail_min": _nan_reduce(np.nanmin, st.ess_tail),
+            "divergences": np.asarray(st.divergences, np.float64),
+            "step_size": np.asarray(st.step_size, np.float64),
+            "num_init_fallback": np.asarray(res.num_init_fallback, np.int64)},
+        cost={"num_grad_evals": np.asarray(st.num_grad_evals, np.int64)},
+        info={"rung_time_s": {k: float(v) for k, v in res.rung_time_s.items()},
+              "rung_accepted": {k: int(v) for k, v in res.rung_accepted.items()}})
+
+
 def mcmc_stage(model: Model, ladder, *, num_output_draws: int, chunk_size: int = 256,
                progress: bool = True) -> Stage:
     """Stages 3-4: the MCMC ladder on the datasets handed on, in resumable chunks.
@@ -282,35 +309,24 @@ def mcmc_stage(model: Model, ladder, *, num_output_draws: int, chunk_size: int =
         res = mcmc.run_ladder(key, model, inp.obs, cand, inp.carry.get("log_weights"), ladder,
                               num_output_draws=num_output_draws, dataset_ids=inp.index,
                               progress=progress)
-        st = res.stats
-        route = np.asarray(res.route, dtype=object)
-        return StageResult(
-            route, np.asarray(res.reason, dtype=object), draws=np.asarray(res.draws),
-            diagnostics={
-                "mcmc_stage": np.asarray(res.rung, dtype=object),
-                "nested_rhat_max": _nan_reduce(np.nanmax, st.nested_rhat),
-                "rhat_max": _nan_reduce(np.nanmax, st.rhat),
-                "ess_bulk_min": _nan_reduce(np.nanmin, st.ess_bulk),
-                "ess_tail_min": _nan_reduce(np.nanmin, st.ess_tail),
-                "divergences": np.asarray(st.divergences, np.float64),
-                "step_size": np.asarray(st.step_size, np.float64),
-                "num_init_fallback": np.asarray(res.num_init_fallback, np.int64)},
-            cost={"num_grad_evals": np.asarray(st.num_grad_evals, np.int64)},
-            info={"rung_time_s": {k: float(v) for k, v in res.rung_time_s.items()},
-                  "rung_accepted": {k: int(v) for k, v in res.rung_accepted.items()}})
+        return ladder_stage_result(res)
 
-    columns = {"mcmc_stage": object, "nested_rhat_max": np.float64, "rhat_max": np.float64,
-               "ess_bulk_min": np.float64, "ess_tail_min": np.float64, "divergences": np.float64,
-               "step_size": np.float64, "num_init_fallback": np.int64, "num_grad_evals": np.int64}
-    return Stage("mcmc", run, chunk_size=chunk_size, salt=4, columns=columns)
+    return Stage("mcmc", run, chunk_size=chunk_size, salt=4, columns=dict(MCMC_COLUMNS))
 
 
 # ----------------------------------------------------------------------------- the default
 def default_stages(model: Model, estimator, config, *, progress: bool = True) -> tuple[Stage, ...]:
     """The workflow of ``config`` (:class:`~amortflow.WorkflowConfig`): amortized -> PSIS ->
     (refinement, if ``config.refine_rounds``) -> MCMC ladder. PSIS and refinement need the
-    proposal's density; estimators without one go from stage 1 to MCMC."""
+    proposal's density; estimators without one go from stage 1 to MCMC.
+
+    A surrogate-likelihood estimator (NLE / NRE: it exposes ``summary_model``) has no amortized
+    draws at all: its workflow is MCMC on its surrogate posterior
+    (:func:`amortflow.workflow.surrogate.surrogate_stages`)."""
     from amortflow.workflow.refine import refine_stage  # refine.py builds on this module
+    if callable(getattr(estimator, "summary_model", None)):
+        from amortflow.workflow.surrogate import surrogate_stages  # builds on this module
+        return surrogate_stages(model, estimator, config, progress=progress)
     stages = [amortized_stage(
         model, estimator, num_draws=config.num_draws, ood_method=config.ood_method,
         ood_alpha=config.ood_alpha, num_ood_simulations=config.num_ood_simulations,
@@ -332,5 +348,5 @@ def default_stages(model: Model, estimator, config, *, progress: bool = True) ->
     return tuple(stages)
 
 
-__all__ = ["amortized_stage", "psis_stage", "mcmc_stage", "default_stages", "ood_gate",
+__all__ = ["amortized_stage", "psis_stage", "mcmc_stage", "default_stages", "ladder_stage_result", "MCMC_COLUMNS", "ood_gate",
            "psis_gate", "is_diagnostics", "psis_diagnostics", "fit_ood", "log_joint", "psis_resample", "FAILED"]
