@@ -42,8 +42,9 @@ class Model:
       param_names: names of the ``d`` entries of the unconstrained vector ``theta``.
       obs_shape: shape of one dataset, e.g. ``(65,)`` for 65 iid scalars, ``(n, k)`` for a set
         of ``n`` vectors, ``(h, w)`` for a grid.
-      obs_kind: ``"set"`` (exchangeable leading axis), ``"vector"`` or ``"grid"``; guides the
-        default summary network and data standardization.
+      obs_kind: ``"set"`` (exchangeable leading axis), ``"vector"``, ``"grid"`` (a field
+        ``[h, w]`` or ``[h, w, c]``) or ``"sequence"`` (ordered ``[n]`` or ``[n, k]``: a time
+        series); guides the default summary network and data standardization.
       info: free-form JSON-serializable metadata (priors, bounds, reference).
       design_shape: ``None`` (no per-dataset design data), or a pytree of shapes of ONE
         dataset's design (e.g. ``{"trials": (9,)}``); then the likelihood and the simulator take
@@ -335,7 +336,7 @@ def make_model(
       log_prior: ``theta [d] -> scalar``, Jacobian of the constraining transform included.
       log_likelihood: ``(theta [d], y [*obs_shape]) -> scalar``; ``-inf`` off support.
       constrain: ``theta [d] -> dict``; defaults to the identity with ``param_names``.
-      obs_kind: ``"set"``, ``"vector"`` or ``"grid"``; default (:func:`infer_obs_kind`):
+      obs_kind: ``"set"``, ``"vector"``, ``"grid"`` or ``"sequence"``; default (:func:`infer_obs_kind`):
         ``"set"`` for 1-D / 2-D observations whose likelihood is invariant to reordering their
         rows (iid data: a permutation-invariant summary is then right), ``"vector"`` for other
         1-D / 2-D observations (groups, time series, rows tied to covariates: flattened),
@@ -347,8 +348,8 @@ def make_model(
     """
     param_names = tuple(param_names)
     obs_shape = tuple(int(s) for s in obs_shape)
-    if obs_kind not in (None, "set", "vector", "grid"):
-        raise ValueError(f"obs_kind must be 'set', 'vector' or 'grid', got {obs_kind!r}")
+    if obs_kind not in (None, "set", "vector", "grid", "sequence"):
+        raise ValueError(f"obs_kind must be 'set', 'vector', 'grid' or 'sequence', got {obs_kind!r}")
     if constrain is None:
 
         def constrain(theta):

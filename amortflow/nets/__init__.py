@@ -2,17 +2,21 @@
 from amortflow.nets.flows import ConditionalFlow, std_normal_logpdf
 from amortflow.nets.layers import MLP
 from amortflow.nets.specs import (
+    CNNSummarySpec,
     DeepSetSpec,
     FlowSpec,
     IdentitySummarySpec,
     MLPSummarySpec,
+    RecurrentSummarySpec,
+    SetTransformerSpec,
     SortedSetSpec,
     spec_from_dict,
     spec_to_dict,
 )
-from amortflow.nets.summary import build_summary, default_summary_spec
+from amortflow.nets.summary import build_summary, default_summary_spec, sinusoidal_positions
 
 __all__ = [
     "ConditionalFlow", "std_normal_logpdf", "MLP", "DeepSetSpec", "FlowSpec", "IdentitySummarySpec",
     "MLPSummarySpec", "SortedSetSpec", "spec_from_dict", "spec_to_dict", "build_summary", "default_summary_spec",
+    "CNNSummarySpec", "SetTransformerSpec", "RecurrentSummarySpec", "sinusoidal_positions",
 ]
