@@ -94,24 +94,32 @@ def test_quantile_interval_covers_true_parameters_at_nominal_rate(model, joint_e
 
 
 # ------------------------------------------------------------------ layout and monotonicity
-def test_quantiles_are_monotone_by_construction_even_untrained(model):
+@pytest.fixture(scope="module")
+def untrained(model):
+    """An untrained estimator of the mean and five quantiles taking 3 design values per dataset,
+    its parameters scaled up so raw outputs are far from 0 (one compilation for two tests)."""
+    loss = JointLoss((SquaredError(), Pinball((0.1, 0.25, 0.5, 0.75, 0.9))))
+    spec = PointSpec(dim=2, obs_shape=(10, 2), obs_kind="set", summary=DeepSetSpec(phi_hidden=(32,), out_dim=8),
+                     loss=loss, hidden=(32,), design_dim=3)
+    theta, ys = model.sample_prior_predictive(jax.random.PRNGKey(1), 256)
+    params = jax.tree.map(lambda a: 3.0 * a, init_params(spec, jax.random.PRNGKey(0)))
+    return PointEstimator(spec, params, fit_standardization(theta, ys, "set"), model.param_names, model.name)
+
+
+def test_quantiles_are_monotone_by_construction_even_untrained(untrained):
     raw = 10.0 * jax.random.normal(jax.random.PRNGKey(0), (500, 7, 3))
     out = monotone_blocks(raw, ((1, 5),))
     assert (np.diff(np.asarray(out[:, 1:5]), axis=1) >= 0).all()
     np.testing.assert_array_equal(out[:, 0], raw[:, 0])  # slots outside the block untouched
     np.testing.assert_array_equal(out[:, 5:], raw[:, 5:])
 
-    loss = JointLoss((SquaredError(), Pinball((0.1, 0.25, 0.5, 0.75, 0.9))))
-    spec = PointSpec(dim=2, obs_shape=(10, 2), obs_kind="set", summary=DeepSetSpec(out_dim=8), loss=loss,
-                     hidden=(32,))
-    theta, ys = model.sample_prior_predictive(jax.random.PRNGKey(1), 256)
-    for seed in range(3):  # random initialisations, scaled up so raw outputs are far from 0
-        params = jax.tree.map(lambda a: 3.0 * a, init_params(spec, jax.random.PRNGKey(seed)))
-        est = PointEstimator(spec, params, fit_standardization(theta, ys, "set"), model.param_names, model.name)
-        y = 5.0 * jax.random.normal(jax.random.PRNGKey(10 + seed), (300, 10, 2))
-        q = np.asarray(est.quantiles(y))
+    for seed in range(3):  # random inputs far outside the training distribution
+        k1, k2 = jax.random.split(jax.random.PRNGKey(10 + seed))
+        obs = af.observe(5.0 * jax.random.normal(k1, (300, 10, 2)),
+                         design={"x": 5.0 * jax.random.normal(k2, (300, 3))})
+        q = np.asarray(untrained.quantiles(obs))
         assert q.shape == (300, 5, 2) and (np.diff(q, axis=1) >= 0).all()
-        assert est.predict(y).shape == (300, 6, 2) and est.output_labels[0] == "mean"
+        assert untrained.predict(obs).shape == (300, 6, 2) and untrained.output_labels[0] == "mean"
 
 
 def test_loss_values_validate_and_round_trip():
@@ -155,18 +163,16 @@ def test_missing_quantiles_and_density_are_clear_errors(mean_est, joint_est, tes
             call()
 
 
-def test_design_data_is_appended_to_the_head_input(model):
-    spec = PointSpec(dim=2, obs_shape=(10, 2), obs_kind="set", summary=DeepSetSpec(out_dim=4),
-                     loss=SquaredError(), hidden=(16,), design_dim=3)
-    theta, ys = model.sample_prior_predictive(jax.random.PRNGKey(1), 64)
-    est = PointEstimator(spec, init_params(spec, jax.random.PRNGKey(0)), fit_standardization(theta, ys, "set"),
-                         model.param_names, model.name)
+def test_design_data_is_appended_to_the_head_input(untrained, test_sets):
+    _, ys = test_sets
     d1, d2 = np.zeros((5, 3), np.float32), np.ones((5, 3), np.float32)
-    a = est.estimate(af.observe(ys[:5], design={"x": d1}))
-    b = est.estimate(af.observe(ys[:5], design={"x": d2}))
+    a = untrained.point(af.observe(ys[:5], design={"x": d1}))
+    b = untrained.point(af.observe(ys[:5], design={"x": d2}))
     assert a.shape == (5, 2) and not np.allclose(a, b)
     with pytest.raises(ValueError, match="design"):
-        est.estimate(ys[:5])
+        untrained.estimate(ys[:5])
+    with pytest.raises(ValueError, match="design_dim=3"):
+        untrained.estimate(af.observe(ys[:5], design={"x": np.ones((5, 4))}))
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -243,10 +249,11 @@ def test_point_stage_puts_estimates_into_the_workflow_table(model, joint_est, te
     data = ys[:6]
     npe = af.fit_posterior(jax.random.PRNGKey(0), model,
                            summary=DeepSetSpec(phi_hidden=(32,), rho_hidden=(32,), out_dim=8, pooling=("mean",)),
-                           flow=FlowSpec(num_layers=2, hidden=(32,)),
+                           flow=FlowSpec(num_layers=2, transform="affine", hidden=(32,)),
                            train_config=af.TrainConfig(num_steps=300, batch_size=128), progress=False)
     cheap = af.mcmc.chees.cpu_profile(num_superchains=2, chains_per_superchain=4, num_warmup=50, num_samples=25)
-    cfg = af.WorkflowConfig(num_draws=100, psis_max_error=None, num_ood_simulations=200, khat_threshold=1.0,
+    # the cheapest workflow that still runs every default stage's code path (no OOD fit: all go to PSIS)
+    cfg = af.WorkflowConfig(num_draws=64, psis_max_error=None, ood_method=None, khat_threshold=1.0,
                             refine_rounds=0, mcmc=Ladder((Rung("chees", cheap),), bucket_size=4, num_prior_draws=64))
     stage = point_estimate_stage(joint_est)
     res = af.run_workflow(jax.random.PRNGKey(3), model, npe, data, cfg, progress=False,
@@ -262,3 +269,25 @@ def test_point_stage_puts_estimates_into_the_workflow_table(model, joint_est, te
     np.testing.assert_allclose(t["nbe_theta_0_q95"][:5], q[:5, 3, 0], rtol=1e-5)
     assert np.isnan(t["nbe_theta_0"][5])  # beta = 2: the estimator knows only beta = 1
     assert (t.nbe_theta_0_q05[:5] <= t.nbe_theta_0_q95[:5]).all()
+
+
+def test_point_stage_constrains_with_the_model(model, joint_est, test_sets):
+    """With ``model=`` the columns are named by the constrained sites and hold constrained values
+    (quantiles commute with the monotone transforms)."""
+    import dataclasses
+
+    from amortflow.workflow.pipeline import StageInput
+
+    _, ys = test_sets
+    shifted = dataclasses.replace(model, constrain_fn=lambda th: {"loc": th[0], "scale": jnp.exp(th[1])})
+    stage = point_estimate_stage(joint_est, name="pt", model=shifted)
+    assert set(stage.columns) == {f"pt_{p}{s}" for p in ("loc", "scale") for s in ("", "_q05", "_q50", "_q95")}
+    res = stage.run(jax.random.PRNGKey(0), StageInput(np.arange(4), af.observe(ys[:4]), {}))
+    q = np.asarray(joint_est.predict(ys[:4]), np.float64)
+    np.testing.assert_allclose(res.diagnostics["pt_scale_q95"], np.exp(q[:, 3, 1]), rtol=1e-5)
+    np.testing.assert_allclose(res.diagnostics["pt_loc"], q[:, 0, 0], rtol=1e-5)
+    assert (res.route == "").all() and res.draws is None
+    with pytest.raises(ValueError, match="trained for"):
+        point_estimate_stage(joint_est, model=gaussian_mean(dim=3))
+    with pytest.raises(TypeError, match="PointEstimator"):
+        point_estimate_stage(object())
