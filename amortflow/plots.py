@@ -575,3 +575,145 @@ def plot_beta_sweep(sweep, model=None, datasets=None, level: float = 0.9, max_da
     if len(ids) > 1:
         axes[0].legend(fontsize="x-small")
     return fig
+
+
+# ----------------------------------------------------------------------------- estimator assessment
+# (amortflow.diagnostics.assess; the names differ from plot_recovery / plot_coverage above, which
+# take a WorkflowResult and one CoverageCurve)
+__all__ += ["plot_estimate_recovery", "plot_coverage_curves", "plot_interval_width"]
+
+
+def _by_estimator(theta_true, estimates, intervals):
+    """``(theta [K, d], {name: (estimate or None, lower or None, upper or None)}, names)`` from
+    arrays, dicts of arrays, or :class:`~amortflow.diagnostics.assess.Assessment` objects."""
+    from amortflow.diagnostics.assess import Assessment
+
+    if isinstance(estimates, Assessment):
+        estimates = [estimates]
+    if isinstance(estimates, (list, tuple)) and estimates and all(isinstance(a, Assessment) for a in estimates):
+        theta = np.asarray(estimates[0].theta_true if theta_true is None else theta_true, float)
+        series = {a.estimator_name: (a.estimate, a.lower, a.upper) for a in estimates}
+        return theta, series, list(estimates[0].param_names)
+    if theta_true is None:
+        raise ValueError("theta_true [K, d] is needed unless Assessment objects are passed")
+    theta = np.asarray(theta_true, float)
+    theta = theta[:, None] if theta.ndim == 1 else theta
+    est = estimates if isinstance(estimates, dict) else {"estimate": estimates}
+    ivs = intervals if isinstance(intervals, dict) else {k: intervals for k in (est or {"estimate": None})}
+    series = {}
+    for k in dict.fromkeys(list(est) + list(ivs)):
+        e = est.get(k)
+        iv = ivs.get(k)
+        lo, hi = (None, None) if iv is None else iv
+        fix = lambda a: None if a is None else (np.asarray(a, float)[:, None] if np.ndim(a) == 1 else np.asarray(a, float))
+        for label, a in (("estimates", e), ("interval lower", lo), ("interval upper", hi)):
+            if a is not None and fix(a).shape != theta.shape:
+                raise ValueError(f"{label} of {k!r} must be [K, d] = {theta.shape} like theta_true, got {np.shape(a)}")
+        series[k] = (fix(e), fix(lo), fix(hi))
+    return theta, series, None
+
+
+def _subsample(k: int, max_points: int):
+    return np.arange(k) if k <= max_points else np.linspace(0, k - 1, max_points).astype(int)
+
+
+def plot_estimate_recovery(theta_true, estimates, intervals=None, param_names=None, max_points: int = 1000):
+    """Estimate against truth per parameter (one colour per estimator), with optional interval bars.
+
+    Args:
+      theta_true: ``[K, d]`` true values (may be ``None`` when ``estimates`` are Assessments).
+      estimates: ``[K, d]``, ``{estimator: [K, d]}``, or one / a list of
+        :class:`~amortflow.diagnostics.assess.Assessment` (their estimates and intervals).
+      intervals: ``(lower, upper)`` (each ``[K, d]``) or ``{estimator: (lower, upper)}``.
+      max_points: at most this many datasets are drawn (evenly spaced).
+    Returns:
+      the Figure; each panel's title gives RMSE per estimator.
+    """
+    theta, series, names = _by_estimator(theta_true, estimates, intervals)
+    k, d = theta.shape
+    sel = _subsample(k, max_points)
+    fig, axes = _grid(d, size=(3.6, 3.3))
+    for j, (ax, name) in enumerate(zip(axes, _names(param_names or names, d))):
+        t = theta[sel, j]
+        rmse = []
+        for c, (label, (e, lo, hi)) in enumerate(series.items()):
+            if e is None:
+                continue
+            m = e[sel, j]
+            yerr = None if lo is None else np.stack([m - lo[sel, j], hi[sel, j] - m]).clip(0)
+            ax.errorbar(t, m, yerr=yerr, fmt="o", ms=2.5, lw=0.5, alpha=0.6, color=f"C{c % 10}", label=label)
+            rmse.append(f"{np.sqrt(np.mean((e[:, j] - theta[:, j]) ** 2)):.3g}")
+        lims = [float(np.min(t)), float(np.max(t))]
+        ax.plot(lims, lims, color="0.4", lw=0.8)
+        ax.set_title(f"{name}  (RMSE {', '.join(rmse)})" if rmse else name)
+        ax.set_xlabel("true value")
+    axes[0].set_ylabel("estimate" + (" and interval" if any(s[1] is not None for s in series.values()) else ""))
+    if len(series) > 1:
+        axes[0].legend(fontsize="x-small", markerscale=2)
+    return fig
+
+
+def plot_coverage_curves(curves, param_names=None):
+    """Empirical vs nominal coverage of central intervals for one or several estimators, with
+    the pointwise binomial band of a calibrated estimator.
+
+    Args:
+      curves: a :class:`~amortflow.diagnostics.CoverageCurve` (e.g. from
+        :func:`~amortflow.diagnostics.assess.interval_coverage_curve`) or ``{estimator: curve}``
+        (all on the same test set, so they share one band).
+    """
+    curves = curves if isinstance(curves, dict) else {"estimator": curves}
+    first = next(iter(curves.values()))
+    d = np.asarray(first.coverage).reshape(len(np.asarray(first.levels)), -1).shape[1]
+    fig, axes = _grid(d)
+    for j, (ax, name) in enumerate(zip(axes, _names(param_names, d))):
+        ax.fill_between(np.asarray(first.levels), first.lower, first.upper, color="0.85", label="binomial band")
+        ax.plot([0, 1], [0, 1], color="0.4", lw=0.8)
+        for c, (label, cv) in enumerate(curves.items()):
+            lv = np.asarray(cv.levels)
+            ax.plot(lv, np.asarray(cv.coverage).reshape(lv.size, -1)[:, j], color=f"C{c % 10}", label=label)
+        ax.set_title(name)
+        ax.set_xlabel("nominal coverage")
+    axes[0].set_ylabel("empirical coverage")
+    axes[0].legend(fontsize="x-small")
+    return fig
+
+
+def plot_interval_width(theta_true, intervals=None, param_names=None, max_points: int = 1000):
+    """Interval width against the true value, per parameter (one colour per estimator): where
+    in parameter space an estimator is uncertain; covered datasets are filled markers,
+    missed ones open.
+
+    Args:
+      theta_true: ``[K, d]`` (may be ``None`` with Assessments).
+      intervals: ``(lower, upper)``, ``{estimator: (lower, upper)}``, or one / a list of
+        :class:`~amortflow.diagnostics.assess.Assessment`.
+    """
+    from amortflow.diagnostics.assess import Assessment
+
+    if isinstance(intervals, Assessment) or (isinstance(intervals, (list, tuple)) and intervals
+                                             and isinstance(intervals[0], Assessment)):
+        theta, series, names = _by_estimator(theta_true, intervals, None)
+    else:
+        if intervals is None:
+            raise ValueError("plot_interval_width needs intervals (lower, upper) or Assessments with intervals")
+        theta, series, names = _by_estimator(theta_true, {}, intervals)
+    series = {k: v for k, v in series.items() if v[1] is not None}
+    if not series:
+        raise ValueError("plot_interval_width: no intervals to draw")
+    k, d = theta.shape
+    sel = _subsample(k, max_points)
+    fig, axes = _grid(d)
+    for j, (ax, name) in enumerate(zip(axes, _names(param_names or names, d))):
+        t = theta[sel, j]
+        for c, (label, (_, lo, hi)) in enumerate(series.items()):
+            w = hi[sel, j] - lo[sel, j]
+            inside = (t >= lo[sel, j]) & (t <= hi[sel, j])
+            col = f"C{c % 10}"
+            ax.scatter(t[inside], w[inside], s=6, color=col, alpha=0.6, label=f"{label} (covered {inside.mean():.0%})")
+            ax.scatter(t[~inside], w[~inside], s=8, facecolors="none", edgecolors=col, alpha=0.8, lw=0.6)
+        ax.set_title(name)
+        ax.set_xlabel("true value")
+    axes[0].set_ylabel("interval width")
+    axes[0].legend(fontsize="x-small", markerscale=2)
+    return fig
