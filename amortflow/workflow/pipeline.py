@@ -51,8 +51,9 @@ class StageResult(NamedTuple):
     """What a stage returns for its ``n`` datasets (rows aligned with ``StageInput.index``).
 
     route: ``[n]`` object: a route name (accepted here), ``"failed"``, or ``""`` (hand on).
-    reason: ``[n]`` object: why a dataset was handed on or failed (``""`` if accepted: the
-      record then keeps the reason an earlier stage handed it on for).
+    reason: ``[n]`` object: why a dataset was handed on or failed (``""`` if accepted or handed
+      on by a stage that only observes, e.g. writes diagnostics: the record then keeps the
+      reason an earlier stage handed it on for).
     draws: ``[n, S, d]`` final draws (read where a row is accepted), or ``None``.
     diagnostics: name -> ``[n]`` (a later stage's value for the same name replaces it).
     cost: name -> ``[n]`` counts added up over stages (e.g. gradient evaluations).
@@ -158,8 +159,9 @@ class Records:
         route, reason, draws = self.route.copy(), self.reason.copy(), self.draws
         route[index] = res.route
         accepted = (res.route != OPEN) & (res.route != FAILED)
-        # an accepted dataset keeps the reason it was escalated for (why it needed this stage)
-        reason[index] = np.where(accepted & (res.reason == ""), reason[index], res.reason)
+        # an accepted dataset keeps the reason it was escalated for (why it needed this stage),
+        # and one handed on without a reason keeps its earlier one (a stage that only observes)
+        reason[index] = np.where((res.route != FAILED) & (res.reason == ""), reason[index], res.reason)
         if res.draws is not None and accepted.any():
             draws = draws.copy()
             draws[index[accepted]] = res.draws[accepted]
