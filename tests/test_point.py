@@ -156,6 +156,7 @@ def test_missing_quantiles_and_density_are_clear_errors(mean_est, joint_est, tes
     with pytest.raises(ConfigError, match=r"0\.1 and 0\.9.*\(0\.05, 0\.5, 0\.95\)"):
         joint_est.interval(ys[:3], level=0.8)
     assert mean_est.has_log_prob is False and mean_est.kind == "nbe"
+    assert isinstance(mean_est, af.estimators.Estimator)
     for call in (lambda: mean_est.sample(jax.random.PRNGKey(0), ys[:3], 10),
                  lambda: mean_est.sample_and_log_prob(jax.random.PRNGKey(0), ys[:3], 10),
                  lambda: mean_est.log_prob(np.zeros((3, 2)), ys[:3])):
@@ -291,3 +292,18 @@ def test_point_stage_constrains_with_the_model(model, joint_est, test_sets):
         point_estimate_stage(joint_est, model=gaussian_mean(dim=3))
     with pytest.raises(TypeError, match="PointEstimator"):
         point_estimate_stage(object())
+
+
+def test_an_observing_stage_keeps_earlier_reasons(joint_est, test_sets):
+    """Inserted after a stage that handed datasets on with a reason, the point stage keeps that
+    reason (pipeline.Records.apply: handed on with reason "" keeps the earlier one)."""
+    from amortflow.workflow.pipeline import Records, StageInput, StageResult
+
+    _, ys = test_sets
+    rec = Records.start(np.full(3, "", object), 10, 2, point_estimate_stage(joint_est).columns)
+    gate = StageResult(np.array(["", "a", ""], object), np.array(["OOD score 9 > 3", "", "k-hat 0.9"], object))
+    rec = rec.apply(np.arange(3), gate)
+    stage = point_estimate_stage(joint_est)
+    rec = rec.apply(np.array([0, 2]), stage.run(None, StageInput(np.array([0, 2]), af.observe(ys[[0, 2]]), {})))
+    assert list(rec.reason) == ["OOD score 9 > 3", "", "k-hat 0.9"] and list(rec.route) == ["", "a", ""]
+    assert np.isfinite(rec.diagnostics["nbe_theta_0"][[0, 2]]).all() and np.isnan(rec.diagnostics["nbe_theta_0"][1])

@@ -103,7 +103,6 @@ class Pinball:
 
     levels: tuple[float, ...] = (0.05, 0.5, 0.95)
     kind = "pinball"
-    monotone = ()  # replaced per instance below (depends on Q)
 
     def __post_init__(self):
         lv = self.levels
@@ -115,7 +114,11 @@ class Pinball:
             raise ConfigError(f"Pinball.levels must be strictly increasing (monotone outputs are built "
                               f"lowest level first), got {lv!r}; sort them")
         object.__setattr__(self, "levels", lv)
-        object.__setattr__(self, "monotone", ((0, len(lv)),))
+
+    @property
+    def monotone(self) -> tuple[tuple[int, int], ...]:
+        """All ``Q`` slots form one non-decreasing block."""
+        return ((0, len(self.levels)),)
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -46,8 +46,8 @@ def point_estimate_stage(point_estimator, *, name: str = "nbe", model=None, batc
     a posterior mean becomes ``constrain(mean)``, the constrained mean only for affine transforms.
 
     Routes nothing: every dataset is handed on (reason ``""``) and no draws are returned, so
-    the stages after it see the datasets exactly as without it. Put it first: a stage handing
-    on with an empty reason replaces the reason an earlier stage handed a dataset on for.
+    the stages after it see the datasets exactly as without it, wherever it is inserted (a
+    dataset handed on without a reason keeps the one an earlier stage gave).
     Datasets whose temperature ``beta`` is not 1 get NaN: the estimator answers for the
     ``beta = 1`` posterior only. Invalid datasets never reach a stage and keep NaN too.
     """
