@@ -600,12 +600,16 @@ def _by_estimator(theta_true, estimates, intervals):
     theta = theta[:, None] if theta.ndim == 1 else theta
     est = estimates if isinstance(estimates, dict) else {"estimate": estimates}
     ivs = intervals if isinstance(intervals, dict) else {k: intervals for k in (est or {"estimate": None})}
+
+    def fix(a):  # [K] -> [K, 1] for one parameter
+        a = None if a is None else np.asarray(a, float)
+        return a[:, None] if a is not None and a.ndim == 1 else a
+
     series = {}
     for k in dict.fromkeys(list(est) + list(ivs)):
         e = est.get(k)
         iv = ivs.get(k)
         lo, hi = (None, None) if iv is None else iv
-        fix = lambda a: None if a is None else (np.asarray(a, float)[:, None] if np.ndim(a) == 1 else np.asarray(a, float))
         for label, a in (("estimates", e), ("interval lower", lo), ("interval upper", hi)):
             if a is not None and fix(a).shape != theta.shape:
                 raise ValueError(f"{label} of {k!r} must be [K, d] = {theta.shape} like theta_true, got {np.shape(a)}")

@@ -95,7 +95,8 @@ def test_gru_reads_order_and_bidirectional_doubles_the_state():
 
 
 def test_specs_round_trip_and_validate():
-    for spec in (CNNSummarySpec(channels=(8, 16), pooling="flatten"), SetTransformerSpec(positional=True, num_inducing=4),
+    for spec in (CNNSummarySpec(channels=(8, 16), pooling="flatten"),
+                 SetTransformerSpec(positional=True, num_inducing=4),
                  RecurrentSummarySpec(bidirectional=True, num_layers=2)):
         d = spec_to_dict(spec)
         assert spec_from_dict(d) == spec and hash(spec_from_dict(d)) == hash(spec)

@@ -410,7 +410,8 @@ def interval_coverage_curve(theta_true, draws, levels=None, alpha: float = 0.05)
     if not np.all((lv > 0) & (lv < 1)):
         raise ValueError(f"interval_coverage_curve: levels must lie in (0, 1), got {lv.tolist()}")
     xs = jnp.sort(jnp.asarray(dr, jnp.float32), axis=1)
-    cov = _coverage_from_sorted(xs, jnp.asarray(theta, jnp.float32), jnp.asarray((1 - lv) / 2), jnp.asarray((1 + lv) / 2))
+    cov = _coverage_from_sorted(xs, jnp.asarray(theta, jnp.float32), jnp.asarray((1 - lv) / 2),
+                                jnp.asarray((1 + lv) / 2))
     n = theta.shape[0]
     return CoverageCurve(jnp.asarray(lv), cov, sps.binom.ppf(alpha / 2, n, lv) / n,
                          sps.binom.ppf(1 - alpha / 2, n, lv) / n)

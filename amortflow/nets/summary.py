@@ -230,7 +230,8 @@ def _check_spec(spec):
         if not spec.channels or spec.kernel_size < 1:
             raise ValueError(f"CNNSummarySpec needs at least one channel width and kernel_size >= 1, got {spec}")
         if spec.downsample not in ("stride", "avg_pool", "max_pool"):
-            raise ValueError(f"CNNSummarySpec.downsample must be 'stride', 'avg_pool' or 'max_pool', got {spec.downsample!r}")
+            raise ValueError(f"CNNSummarySpec.downsample must be 'stride', 'avg_pool' or 'max_pool', "
+                             f"got {spec.downsample!r}")
         if spec.pooling not in ("mean", "flatten"):
             raise ValueError(f"CNNSummarySpec.pooling must be 'mean' or 'flatten', got {spec.pooling!r}")
     elif spec.kind == "set_transformer":
