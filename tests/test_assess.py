@@ -53,11 +53,17 @@ def test_interval_score_by_hand():
     np.testing.assert_allclose(np.asarray(interval_score(lower, upper, x, 0.05)), [1.0, 11.0, 21.0, 1.0])
     # non-central: 1/alpha_lower and 1/alpha_upper penalties
     np.testing.assert_allclose(np.asarray(interval_score(lower, upper, x, 0.1, 0.02)), [1.0, 6.0, 51.0, 1.0])
-    a = assess(x[:, None], interval=(lower[:, None], upper[:, None]), interval_levels=(0.05, 0.95))
+    a = assess(x[:, None], interval=(lower[:, None], upper[:, None]), level=0.9)  # = levels=(0.05, 0.95)
     np.testing.assert_allclose(a.interval_score, [8.5])  # mean of 1, 11, 21, 1
     np.testing.assert_allclose(a.coverage, [0.5])  # 0.5 and the bound 1.0 are inside
     np.testing.assert_allclose(a.interval_width, [1.0])
     assert a.nominal_coverage == pytest.approx(0.9) and np.isnan(a.rmse).all()  # no point estimate
+    per = a.per_dataset
+    np.testing.assert_allclose(per["interval_score"][:, 0], [1.0, 11.0, 21.0, 1.0])
+    assert per["covered"][:, 0].tolist() == [True, False, False, True] and per["squared_error"] is None
+    b = assess(x[:, None], interval=(lower[:, None], upper[:, None]), levels=(0.1, 0.98))
+    np.testing.assert_allclose(b.interval_score, [np.mean([1.0, 6.0, 51.0, 1.0])])
+    assert b.nominal_coverage == pytest.approx(0.88)
 
 
 def _conjugate_normal(rng, k, s, n=5):
@@ -99,6 +105,8 @@ def test_bias_rmse_mae_match_numpy_and_tables_stack():
     np.testing.assert_allclose(a.mse, (err**2).mean(0))
     np.testing.assert_allclose(a.mae, np.abs(err).mean(0))
     np.testing.assert_allclose(a.error, err)
+    np.testing.assert_allclose(a.per_dataset["squared_error"], err**2)
+    assert a.per_dataset["crps"] is None and a.per_dataset["width"] is None  # a point estimator only
     draws = est[:, None] + rng.normal(size=(300, 50, 3))
     b = assess(theta, draws=draws, point="median", param_names=["a", "b", "c"], estimator_name="npe")
     np.testing.assert_allclose(b.estimate, np.median(draws, axis=1), atol=1e-5)
@@ -129,6 +137,8 @@ def test_bad_inputs_are_named():
         assess(theta)
     with pytest.raises(ValueError, match="lower > upper"):
         assess(theta, interval=(np.ones((5, 2)), np.zeros((5, 2))))
+    with pytest.raises(ValueError, match="disagree"):
+        assess(theta, estimate=theta, level=0.8, levels=(0.05, 0.95 - 0.01))
     with pytest.raises(ValueError, match="quantile_levels"):
         assess(theta, quantiles=np.zeros((5, 3, 2)))
     with pytest.raises(ValueError, match="outside the quantile levels"):

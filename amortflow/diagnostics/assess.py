@@ -187,6 +187,20 @@ class Assessment:
         """``[K, d]`` estimate - truth (``None`` without point estimates)."""
         return None if self.estimate is None else self.estimate - self.theta_true
 
+    @property
+    def per_dataset(self) -> dict:
+        """``[K, d]`` arrays per dataset (``None`` where the output lacks them): ``estimate``,
+        ``error``, ``squared_error``, ``absolute_error``, ``lower``, ``upper``, ``width``,
+        ``covered``, ``interval_score``, ``crps`` -- e.g. medians over datasets instead of means."""
+        err = self.error
+        return {"estimate": self.estimate, "error": err,
+                "squared_error": None if err is None else err**2,
+                "absolute_error": None if err is None else np.abs(err),
+                "lower": self.lower, "upper": self.upper,
+                "width": None if self.lower is None else self.upper - self.lower,
+                "covered": self.covered, "interval_score": self.interval_score_per_dataset,
+                "crps": self.crps_per_dataset}
+
     def table(self):
         """pandas DataFrame, one row per parameter, columns :data:`ASSESSMENT_COLUMNS`; tables
         of several estimators stack with :func:`combine` (or ``pd.concat``)."""
@@ -259,15 +273,16 @@ def _interp_quantiles(q: np.ndarray, levels: np.ndarray, p: float, name: str) ->
 
 
 def assess(theta_true, *, estimate=None, draws=None, quantiles=None, quantile_levels=None,
-           interval=None, interval_levels: tuple[float, float] = (0.05, 0.95), point: str = "mean",
-           param_names: Sequence[str] | None = None, estimator_name: str = "estimator") -> Assessment:
+           interval=None, levels: tuple[float, float] = (0.05, 0.95), level: float | None = None,
+           point: str = "mean", param_names: Sequence[str] | None = None,
+           estimator_name: str = "estimator") -> Assessment:
     """Assess an estimator on ``K`` simulated test datasets with known parameters.
 
     Give any of the estimator's outputs; each metric comes from the first source that has it:
 
     - point estimate: ``estimate``, else the posterior ``point`` (``"mean"`` or ``"median"``) of
       ``draws``, else the 0.5 quantile (interpolated) of ``quantiles``;
-    - interval: ``interval``, else the ``interval_levels`` quantiles of ``draws``, else of
+    - interval: ``interval``, else the ``levels`` quantiles of ``draws``, else of
       ``quantiles`` (interpolated between the given levels);
     - CRPS: ``draws`` (exact for their empirical law, :func:`crps_from_draws`), else
       ``quantiles`` (pinball-loss approximation, :func:`crps_from_quantiles`).
@@ -278,8 +293,10 @@ def assess(theta_true, *, estimate=None, draws=None, quantiles=None, quantile_le
       draws: ``[K, S, d]`` posterior draws, ``S >= 2``.
       quantiles: ``[K, Q, d]`` marginal quantiles at ``quantile_levels [Q]`` (increasing, in (0, 1)).
       interval: ``(lower [K, d], upper [K, d])`` with ``lower <= upper``.
-      interval_levels: probabilities ``(lo, hi)`` of the interval's bounds; nominal coverage
+      levels: probabilities ``(lo, hi)`` of the interval's bounds; nominal coverage
         ``hi - lo``; the interval score uses ``alpha_lower = lo``, ``alpha_upper = 1 - hi``.
+      level: shorthand for a central interval of this nominal coverage, ``levels =
+        ((1 - level) / 2, (1 + level) / 2)`` (e.g. ``level=0.9`` with a given 90% ``interval``).
       point: ``"mean"`` or ``"median"`` of the draws.
       param_names: ``d`` names (default ``theta_0 ...``).
       estimator_name: label of this estimator in tables and figures.
@@ -307,9 +324,18 @@ def assess(theta_true, *, estimate=None, draws=None, quantiles=None, quantile_le
                          "quantiles=[K, Q, d] (with quantile_levels) and/or interval=(lower, upper)")
     if point not in ("mean", "median"):
         raise ValueError(f"assess: point must be 'mean' or 'median', got {point!r}")
-    lo_lvl, hi_lvl = (float(v) for v in interval_levels)
+    if level is not None:
+        if not 0.0 < float(level) < 1.0:
+            raise ValueError(f"assess: level (nominal coverage of a central interval) must lie in (0, 1), got {level}")
+        central = ((1.0 - float(level)) / 2, (1.0 + float(level)) / 2)
+        if tuple(levels) != (0.05, 0.95) and not np.allclose(levels, central):
+            raise ValueError(f"assess: level={level} and levels={tuple(levels)} disagree; give one of them")
+        levels = central
+    if len(levels) != 2:
+        raise ValueError(f"assess: levels must be the pair (lo, hi) of the interval's probabilities, got {levels}")
+    lo_lvl, hi_lvl = (float(v) for v in levels)
     if not 0.0 < lo_lvl < hi_lvl < 1.0:
-        raise ValueError(f"assess: interval_levels must be (lo, hi) with 0 < lo < hi < 1, got {interval_levels}")
+        raise ValueError(f"assess: levels must be (lo, hi) with 0 < lo < hi < 1, got {tuple(levels)}")
     names = tuple(param_names) if param_names is not None else tuple(f"theta_{i}" for i in range(d))
     if len(names) != d:
         raise ValueError(f"assess: {len(names)} param_names for d = {d} parameters")
