@@ -10,7 +10,10 @@ from amortflow.estimators import (
     Tempering,
     TrainConfig,
     TrainingDivergedError,
+    fit_likelihood,
+    fit_point_estimator,
     fit_posterior,
+    fit_ratio,
     load_estimator,
 )
 from amortflow import mcmc

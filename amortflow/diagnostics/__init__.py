@@ -2,6 +2,7 @@
 from amortflow.diagnostics.accuracy import (
     ACCURACY_KEYS, accuracy_noise_floor, c2st_knn, posterior_accuracy, wasserstein_1d,
 )
+from amortflow.diagnostics.assess import Assessment, assess, combine, interval_coverage_curve, review_table
 from amortflow.diagnostics.convergence import (
     ess_basic, ess_bulk, ess_tail, nested_rhat, nested_rhat_reference, rank_normalize, rhat, split_chains,
     split_rhat,
@@ -32,5 +33,6 @@ __all__ = [
     "sbc_ecdf_test", "sbc_uniformity_test", "CoverageCurve", "coverage_curve",
     "workflow_sbc", "WorkflowSBC",
     "tempered_sbc", "tempered_sbc_fresh_prior", "TemperedSBC", "weighted_ecdf_diff", "weighted_coverage",
+    "assess", "Assessment", "combine", "review_table", "interval_coverage_curve",
     "posterior_accuracy", "accuracy_noise_floor", "c2st_knn", "wasserstein_1d", "ACCURACY_KEYS",
 ]
