@@ -67,9 +67,21 @@ def _gumbel_top_k(key, logits, k):
     return idx
 
 
+# Log densities are evaluated this many points at a time, and datasets this many at a time: a
+# model whose density holds a large intermediate (a 256 x 256 Cholesky factor for a GP field)
+# would otherwise need [datasets x prior draws] copies of it at once (34 GB for 64 x 1024).
+_POINTS_PER_STEP = 128
+_DATASETS_PER_STEP = 8
+
+
+def _log_density_points(model: Model, obs, thetas):
+    """``log p(theta, y)`` at ``thetas [S, d]`` -> ``[S]``, ``_POINTS_PER_STEP`` at a time."""
+    return jax.lax.map(lambda t: model.log_density_obs(t, obs), thetas, batch_size=_POINTS_PER_STEP)
+
+
 def _pick_candidates(key, obs, cand, logw, c0, model: Model):
     """``c0`` random distinct finite-density candidates (weights x multiplicities)."""
-    lp = jax.vmap(lambda t: model.log_density_obs(t, obs))(cand)  # [S]
+    lp = _log_density_points(model, obs, cand)  # [S]
     finite = jnp.isfinite(lp) & jnp.all(jnp.isfinite(cand), axis=-1) & jnp.isfinite(logw)
     safe = jnp.where(finite[:, None], cand, 0.0)
     first, group = _distinct_mask(safe)
@@ -95,7 +107,7 @@ def _init_one(key, obs, cand, logw, *, model: Model, num_superchains: int, num_p
     from_cand = slot < num_valid  # top-k puts the finite logits first
 
     prior = model.sample_prior(k_prior, num_prior_draws)
-    prior_lp = jax.vmap(lambda t: model.log_density_obs(t, obs))(prior)
+    prior_lp = _log_density_points(model, obs, prior)
     prior_ok = jnp.isfinite(prior_lp) & jnp.all(jnp.isfinite(prior), axis=-1)
     # sampling-importance-resampling from the prior: screened draws picked (distinct) with
     # probability ~ (tempered) likelihood, so fallback chains start where the posterior has mass
@@ -153,7 +165,8 @@ def initialize_positions_keys(keys, model: Model, obs, candidates, candidate_log
     candidates, logw = _pad_candidates(candidates, candidate_log_weights, c0)
     one = functools.partial(_init_one, model=model, num_superchains=c0, num_prior_draws=npd)
     cache = DEFAULT_CACHE if cache is None else cache
-    fn, _ = cache.get(("init", model, c0, npd), lambda: jax.jit(jax.vmap(one)))
+    fn, _ = cache.get(("init", model, c0, npd), lambda: jax.jit(
+        lambda *args: jax.lax.map(lambda a: one(*a), args, batch_size=_DATASETS_PER_STEP)))
     b = int(block_size)
     outs = []
     for s0 in range(0, k, b):
