@@ -12,12 +12,14 @@ stage computes the summaries once per dataset and runs the ladder on the estimat
 (``obs_shape (c,)``) -- with ``beta`` unchanged.
 
 Measured (2-core CPU, shared; NRE with the default CNN summary on ``spatial_gp`` 16x16, 32
-datasets, the CPU ladder's MEADS rung: 4 x 16 chains, 650 steps): sampling time was the same
-either way (1.45-1.54 s vs 1.48-1.49 s per call; a 50-step gradient loop 79 vs 84 us per
-dataset-step) -- the chains of a dataset are vmapped with one unbatched observation, so ``s(y)``
-(~10 us) already ran once per dataset and step, not once per chain, beside ~80 us of 64 chains'
-classifier gradients. What precomputing saved is compilation: 12.8 s instead of 24.9 s for the
-first call (the CNN is no longer inside the sampler's loops), paid once per model.
+datasets, the CPU ladder's MEADS rung: 4 x 16 chains, 650 steps): no measurable difference on
+this backend. Sampling took 1.5-1.7 s per call either way, a 50-step gradient loop 79 vs 84 us
+per dataset-step, and the first call (compilation) 14.8 s recomputing vs 16.9 s precomputed, in
+separate processes. Reason: the chains of a dataset are vmapped with one unbatched observation,
+so ``s(y)`` (~10 us) already ran once per dataset and step, not once per chain, next to ~80 us
+of 64 chains' classifier gradients (and XLA may hoist it out of the loop). Precomputing makes
+that bound explicit rather than left to the compiler, and keeps the ``[H, W]`` fields out of
+the sampler's inputs.
 """
 from __future__ import annotations
 
