@@ -161,10 +161,13 @@ def judge_pairs(key, draws, ess_draws, ref):
 
 
 def workflow_ess(res):
+    """Effective draws per dataset by route: S amortized, the importance sampling ESS for psis /
+    refined, the minimum bulk ESS for MCMC routes (works for runs without a PSIS stage too)."""
     s, diag = res.draws.shape[1], res.diagnostics
+    nan = np.full(len(res.route), np.nan)
     return np.select([res.route == "amortized", res.route == "psis", res.route == "refined"],
-                     [s, np.minimum(s, diag["psis_ess"]), np.minimum(s, diag.get("refine_ess", np.nan))],
-                     np.minimum(s, diag["ess_bulk_min"]))
+                     [s, np.minimum(s, diag.get("psis_ess", nan)), np.minimum(s, diag.get("refine_ess", nan))],
+                     np.minimum(s, diag.get("ess_bulk_min", nan)))
 
 
 def per_beta(values, beta, ok):

@@ -399,3 +399,16 @@ def test_shard_over_datasets_replicates_leading_args():
     np.testing.assert_allclose(np.asarray(f(w, x)), np.asarray(x @ w))
     assert Layout().map_batch_size == (None if jax.default_backend() != "cpu" else 1)
     assert Layout(batch_size=4).map_batch_size == 4
+
+
+def test_widen_batches_raises_only_rungs_that_batch_datasets():
+    """widen_batches lifts rungs with an explicit lax.map batch to at least 16 datasets per step
+    and leaves backend-default rungs (vmap on accelerators, NUTS on CPU) alone."""
+    from amortflow import mcmc as m
+    lad = m.Ladder((m.Rung("a", m.meads.cpu_profile(), layout=m.Layout(batch_size=4)),
+                    m.Rung("b", m.nuts.cpu_profile(), layout=m.Layout(batch_size=32)),
+                    m.Rung("c", m.nuts.cpu_profile())))
+    wide = m.widen_batches(lad)
+    assert [r.layout.batch_size for r in wide.rungs] == [16, 32, None]
+    assert [r.name for r in wide.rungs] == ["a", "b", "c"]
+    assert m.widen_batches(lad, 8).rungs[0].layout.batch_size == 8

@@ -260,7 +260,8 @@ class SurrogateLikelihood:
                        dataset_ids=None, progress: bool = False):
         """Batched MCMC on the surrogate posterior of every dataset at once
         (:func:`amortflow.mcmc.run_ladder` on :meth:`summary_model`; starting points screened
-        from prior draws). ``ladder``: default :func:`amortflow.mcmc.default_ladder`.
+        from prior draws). ``ladder``: default :func:`amortflow.mcmc.default_ladder` with
+        :func:`amortflow.mcmc.widen_batches` (a surrogate density is cheap).
 
         Returns the :class:`~amortflow.mcmc.LadderResult` (routes, nested R-hat, draws
         ``[K, num_draws, d]``)."""
@@ -271,7 +272,8 @@ class SurrogateLikelihood:
         target = self.summary_model(model)
         obs_s = self.summary_observation(obs)
         k = obs_s.num_datasets
-        lad = (mcmc.default_ladder() if ladder is None else mcmc.as_ladder(ladder)).yielding(int(num_draws))
+        lad = (mcmc.widen_batches(mcmc.default_ladder()) if ladder is None
+               else mcmc.as_ladder(ladder)).yielding(int(num_draws))
         cand = np.full((k, 1, self.spec.dim), np.nan, np.float32)  # no proposal: prior screening
         return mcmc.run_ladder(key, target, obs_s, cand, None, lad, num_output_draws=int(num_draws),
                                dataset_ids=dataset_ids, progress=progress)

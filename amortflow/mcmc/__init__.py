@@ -12,7 +12,7 @@ from amortflow.mcmc.escalation import (
 )
 from amortflow.mcmc.init import InitInfo, initialize_positions, initialize_positions_keys
 from amortflow.mcmc.ladder import (
-    Ladder, LadderResult, Rung, RungReport, as_ladder, default_ladder, run_ladder,
+    Ladder, LadderResult, Rung, RungReport, as_ladder, default_ladder, run_ladder, widen_batches,
 )
 from amortflow.mcmc.record import (
     ConvergenceGate, DatasetOutput, SamplerStats, concat_rows, empty_stats, put_rows, take_rows,
@@ -31,7 +31,7 @@ __all__ = [
     "ConvergenceGate", "Layout", "empty_stats", "take_rows", "put_rows", "concat_rows",
     "initialize_positions", "initialize_positions_keys", "InitInfo",
     # the ladder
-    "Rung", "Ladder", "RungReport", "LadderResult", "default_ladder", "run_ladder", "as_ladder",
+    "Rung", "Ladder", "RungReport", "LadderResult", "default_ladder", "run_ladder", "as_ladder", "widen_batches",
     # batching
     "bucket_size_for", "map_over_datasets", "build_dataset_map", "shard_over_datasets",
     # legacy names (WorkflowConfig.mcmc, CLI, notebooks)

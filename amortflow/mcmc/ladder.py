@@ -156,6 +156,23 @@ def default_ladder(**kw) -> Ladder:
     return Ladder(rungs, **kw)
 
 
+# Datasets per lax.map step for a cheap density (a surrogate likelihood: a small network), where
+# per-op overhead dominates a step: 16 measured 0.034 s per dataset vs 0.057 s at 4 (NRE on the
+# conjugate normal, 256 datasets; a per-dataset loop of the same ladder: 0.45 s).
+CHEAP_DENSITY_DATASETS_PER_STEP = 16
+
+
+def widen_batches(ladder, datasets_per_step: int = CHEAP_DENSITY_DATASETS_PER_STEP) -> Ladder:
+    """``ladder`` with every rung that maps several datasets per step (``layout.batch_size``
+    set, e.g. the CPU MEADS rung's 4) mapping at least ``datasets_per_step``; rungs left to the
+    backend default (vmap on accelerators, one dataset per step for NUTS on CPU) are unchanged."""
+    ladder = as_ladder(ladder)
+    rungs = tuple(r if r.layout.batch_size is None else dataclasses.replace(
+        r, layout=dataclasses.replace(r.layout, batch_size=max(r.layout.batch_size, int(datasets_per_step))))
+        for r in ladder.rungs)
+    return dataclasses.replace(ladder, rungs=rungs)
+
+
 class RungReport(NamedTuple):
     """One rung: the datasets that reached it (``indices [n]``, positions in the call), their
     init report (rows aligned with ``indices``), the sampler result (rows aligned with

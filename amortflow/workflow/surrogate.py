@@ -76,8 +76,9 @@ def surrogate_mcmc_stage(estimator, model: Model, ladder, *, num_output_draws: i
 
 def surrogate_stages(model: Model, estimator, config, *, progress: bool = True) -> tuple[Stage, ...]:
     """The default workflow of a surrogate-likelihood estimator under ``config``
-    (:class:`~amortflow.WorkflowConfig`: its ladder, ``num_draws`` and ``mcmc_chunk``)."""
-    return (surrogate_mcmc_stage(estimator, model, config.ladder(), num_output_draws=config.num_draws,
+    (:class:`~amortflow.WorkflowConfig`: its ladder -- with :func:`amortflow.mcmc.widen_batches` --,
+    ``num_draws`` and ``mcmc_chunk``)."""
+    return (surrogate_mcmc_stage(estimator, model, mcmc.widen_batches(config.ladder()), num_output_draws=config.num_draws,
                                  chunk_size=config.mcmc_chunk, progress=progress),)
 
 
