@@ -195,3 +195,51 @@ def load_estimator(path):
         raise
     except (TypeError, ValueError, KeyError) as e:  # a field the loader did not anticipate
         raise CheckpointError(f"{cfg_file}: invalid {kind} estimator ({type(e).__name__}: {e})") from None
+
+
+def restore_flow_estimator(cfg: dict, state: dict, path: str, spec, template_params) -> dict:
+    """What NPE and the point estimators load the same way: the checked parameter names
+    (``spec.dim`` of them), metadata, the parameters restored into ``template_params`` (shapes
+    checked) and the :class:`~amortflow.estimators.data.Standardization` (shapes, positive
+    scales). Returns the estimator's constructor keywords except ``spec``."""
+    import jax.numpy as jnp
+
+    from amortflow.estimators.data import Standardization
+
+    cfg_file, arr_file = checkpoint_files(path)
+    names = require(cfg, "param_names", list, cfg_file)
+    if not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{cfg_file}: field 'param_names' should be a list of strings")
+    if len(names) != spec.dim:
+        raise CheckpointError(f"{cfg_file}: {len(names)} parameter names for dimension {spec.dim}")
+    meta = {k: require(cfg, k, dict, cfg_file) if k in cfg else {} for k in ("history", "train_config", "extra")}
+    d = spec.dim
+    template = {
+        "params": template_params,
+        "standardization": {"theta_loc": np.zeros(d, np.float32), "theta_scale": np.ones(d, np.float32),
+                            "y_loc": np.zeros(0, np.float32), "y_scale": np.zeros(0, np.float32)},
+    }
+    try:
+        restored = serialization.from_state_dict(template, state)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{arr_file}: arrays do not match the architecture ({e})") from None
+    check_shapes(restored["params"], template_params, arr_file)
+    st = restored["standardization"]
+    for k in ("theta_loc", "theta_scale"):
+        if np.shape(st[k]) != (d,):
+            raise CheckpointError(f"{arr_file}: standardization {k} has shape {np.shape(st[k])}, expected ({d},)")
+    try:
+        np.broadcast_shapes(np.shape(st["y_loc"]), np.shape(st["y_scale"]), spec.obs_shape)
+    except ValueError:
+        raise CheckpointError(f"{arr_file}: observation standardization does not fit {spec.obs_shape}") from None
+    for k in ("theta_scale", "y_scale"):
+        if not (np.asarray(st[k]) > 0).all():
+            raise CheckpointError(f"{arr_file}: standardization {k} has non-positive entries")
+    return {
+        "params": jax.tree_util.tree_map(jnp.asarray, restored["params"]),
+        "standardization": Standardization(**{k: jnp.asarray(v) for k, v in st.items()}),
+        "param_names": tuple(names),
+        "model_name": require(cfg, "model_name", str, cfg_file),
+        "history": meta["history"], "train_config": meta["train_config"],
+        "extra": {**meta["extra"], "loaded_from": path, "saved_with": cfg.get("amortflow_version")},
+    }

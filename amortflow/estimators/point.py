@@ -767,47 +767,11 @@ def _spec_from_json(s: dict, where: str) -> PointSpec:
 def _load_nbe(cfg: dict, state: dict, path: str) -> PointEstimator:
     """Loader registered for kind ``"nbe"`` (see :func:`amortflow.estimators.checkpoint.load_estimator`:
     format, checksums and finiteness are checked there)."""
-    cfg_file, arr_file = ckpt.checkpoint_files(path)
+    cfg_file = ckpt.checkpoint_files(path)[0]
     spec = _spec_from_json(ckpt.require(cfg, "spec", dict, cfg_file), cfg_file)
-    names = ckpt.require(cfg, "param_names", list, cfg_file)
-    if not all(isinstance(n, str) for n in names):
-        raise ckpt.CheckpointError(f"{cfg_file}: field 'param_names' should be a list of strings")
-    if len(names) != spec.dim:
-        raise ckpt.CheckpointError(f"{cfg_file}: {len(names)} parameter names for dimension {spec.dim}")
-    meta = {k: ckpt.require(cfg, k, dict, cfg_file) if k in cfg else {} for k in ("history", "train_config", "extra")}
     # shapes only (traced, not compiled or run): a load costs no XLA compilation
     template_params = jax.eval_shape(init_params, spec, jax.random.PRNGKey(0))
-    d = spec.dim
-    template = {
-        "params": template_params,
-        "standardization": {"theta_loc": np.zeros(d, np.float32), "theta_scale": np.ones(d, np.float32),
-                            "y_loc": np.zeros(0, np.float32), "y_scale": np.zeros(0, np.float32)},
-    }
-    try:
-        restored = serialization.from_state_dict(template, state)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ckpt.CheckpointError(f"{arr_file}: arrays do not match the architecture ({e})") from None
-    ckpt.check_shapes(restored["params"], template_params, arr_file)
-    st = restored["standardization"]
-    for k in ("theta_loc", "theta_scale"):
-        if np.shape(st[k]) != (d,):
-            raise ckpt.CheckpointError(f"{arr_file}: standardization {k} has shape {np.shape(st[k])}, expected ({d},)")
-    try:
-        np.broadcast_shapes(np.shape(st["y_loc"]), np.shape(st["y_scale"]), spec.obs_shape)
-    except ValueError:
-        raise ckpt.CheckpointError(f"{arr_file}: observation standardization does not fit {spec.obs_shape}") from None
-    for k in ("theta_scale", "y_scale"):
-        if not (np.asarray(st[k]) > 0).all():
-            raise ckpt.CheckpointError(f"{arr_file}: standardization {k} has non-positive entries")
-    return PointEstimator(
-        spec=spec,
-        params=jax.tree_util.tree_map(jnp.asarray, restored["params"]),
-        standardization=Standardization(**{k: jnp.asarray(v) for k, v in st.items()}),
-        param_names=tuple(names),
-        model_name=ckpt.require(cfg, "model_name", str, cfg_file),
-        history=meta["history"], train_config=meta["train_config"],
-        extra={**meta["extra"], "loaded_from": path, "saved_with": cfg.get("amortflow_version")},
-    )
+    return PointEstimator(spec=spec, **ckpt.restore_flow_estimator(cfg, state, path, spec, template_params))
 
 
 ckpt.register_estimator_kind("nbe", _load_nbe)
