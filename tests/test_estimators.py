@@ -200,9 +200,9 @@ def test_fields_of_the_wrong_type_are_named(tmp_path, est, edit, field):
 
 def test_unknown_kind_lists_the_registered_kinds(tmp_path, est):
     path, cfg = save(est, tmp_path)
-    cfg["kind"] = "nre"
+    cfg["kind"] = "no_such_kind"
     rewrite(path, cfg)
-    with pytest.raises(CheckpointError, match=r"unknown estimator kind 'nre'.*'npe'"):
+    with pytest.raises(CheckpointError, match=r"unknown estimator kind 'no_such_kind'.*'npe'"):
         af.load_estimator(path)
 
 

@@ -129,16 +129,33 @@ def test_estimator_without_density_goes_to_mcmc(gaussian_model, gaussian_estimat
 
 @pytest.mark.parametrize("kind", registered_kinds())
 def test_every_estimator_kind_runs_through_the_workflow(kind, tmp_path, gaussian_model, gaussian_estimator, data):
-    """Contract: an estimator of each registered kind, saved and loaded, drives run_workflow."""
-    builders = {"npe": lambda: gaussian_estimator}
+    """Contract: an estimator of each registered kind, saved and loaded, drives run_workflow
+    through the stages that fit it (draws -> MCMC; point estimates as columns -> MCMC; a
+    surrogate likelihood's own MCMC stage)."""
+    from amortflow.workflow import point_estimate_stage
+
+    short = af.TrainConfig(num_steps=300, batch_size=128)
+    key = jax.random.PRNGKey(11)
+    builders = {
+        "npe": lambda: gaussian_estimator,
+        "nbe": lambda: af.fit_point_estimator(key, gaussian_model, train_config=short, progress=False),
+        "nle": lambda: af.fit_likelihood(key, gaussian_model, train_config=short, progress=False),
+        "nre": lambda: af.fit_ratio(key, gaussian_model, train_config=short, progress=False),
+    }
     assert kind in builders, f"add a small {kind!r} estimator to this contract test"
     builders[kind]().save(tmp_path / "est")
     est = af.load_estimator(tmp_path / "est")
     assert est.kind == kind and isinstance(est, Estimator)
     config = af.WorkflowConfig(num_draws=S, psis_max_error=MAX_ERR, num_ood_simulations=1000, psis_on_all=True, mcmc=LADDER)
-    stages = (amortized_stage(gaussian_model, est, num_draws=S, num_ood_simulations=1000,
-                              accept_in_distribution=False),
-              mcmc_stage(gaussian_model, config.ladder(), num_output_draws=S, progress=False))
+    mcmc = mcmc_stage(gaussian_model, config.ladder(), num_output_draws=S, progress=False)
+    if kind == "npe":
+        stages = (amortized_stage(gaussian_model, est, num_draws=S, num_ood_simulations=1000,
+                                  accept_in_distribution=False), mcmc)
+    elif kind == "nbe":
+        stages = (point_estimate_stage(est, model=gaussian_model), mcmc)
+    else:
+        stages = default_stages(gaussian_model, est, config, progress=False)
+        assert [s.name for s in stages] == ["mcmc"]
     res = af.run_workflow(jax.random.PRNGKey(4), gaussian_model, est, data[:4], config, stages=stages,
                           progress=False)
     assert set(res.route) <= {"mcmc", "failed"} and (res.route == "mcmc").sum() >= 3

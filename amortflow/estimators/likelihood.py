@@ -164,6 +164,16 @@ class SurrogateLikelihood:
         raise NotImplementedError
 
     # -- shared
+    def sample_and_log_prob(self, *args, **kwargs):
+        """Not available: a surrogate likelihood has no normalized posterior density
+        ``q(theta | y)`` (``has_log_prob = False``); :meth:`sample` draws by MCMC."""
+        raise NotImplementedError(f"{self._owner()}: a surrogate likelihood has no posterior density q(theta | y); "
+                                  "use est.sample(...) (batched MCMC) or est.log_likelihood(theta, obs)")
+
+    def log_prob(self, *args, **kwargs):
+        """Not available (see :meth:`sample_and_log_prob`)."""
+        return self.sample_and_log_prob()
+
     @property
     def surrogate_label(self) -> str:
         """What the result table says produced the posterior, e.g. ``"nle surrogate"``."""
