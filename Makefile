@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 # two workers: much of a JAX test suite is single-threaded compilation
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --max-worker-restart=0
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

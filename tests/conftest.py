@@ -1,3 +1,4 @@
+import gc
 import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -6,7 +7,33 @@ import jax
 import pytest
 
 import amortflow as af
+from amortflow._compile import DEFAULT_CACHE
 from amortflow.nets import DeepSetSpec, FlowSpec
+
+#: memory mappings after which a test worker drops its compiled programs (Linux allows 65530)
+MAX_MAPPINGS = 20_000
+
+
+def _num_mappings() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """Every program XLA's CPU runtime compiles keeps a few hundred memory mappings of JIT code
+    while JAX caches it (the CLI demo alone leaves ~7 500). A test worker that runs a few hundred
+    tests reached Linux's limit of 65 530 mappings, and XLA then segfaulted inside a compilation
+    (CI, and reproduced here). Dropping JAX's caches and amortflow's compiled-function cache
+    unmaps that code; doing it only past ``MAX_MAPPINGS`` keeps the reuse between tests."""
+    yield
+    if _num_mappings() > MAX_MAPPINGS:
+        jax.clear_caches()
+        DEFAULT_CACHE.clear()
+        gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,18 @@
 """Training data shared by every estimator: prior-predictive simulation banks, the held-out
-validation split, and the affine standardization an estimator applies to its inputs.
+validation split, online simulation (:func:`training_data`), the identity a resumable checkpoint
+records (:func:`training_identity`), and the affine standardization an estimator applies to its
+inputs.
 
 Shapes: ``N`` simulations, ``d`` parameters.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import numbers
 import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -209,3 +212,85 @@ def finite_rows(theta, ys, num: int):
     order = jnp.argsort(~ok, stable=True)
     idx = order[jnp.arange(num) % jnp.maximum(ok.sum(), 1)]
     return theta[idx], ys[idx]
+
+
+class TrainingData(NamedTuple):
+    """What :func:`~amortflow.estimators.training.train` needs, for every simulation-based estimator.
+
+    data: the training bank ``(theta [N, d], ys [N, *obs_shape])`` or ``None`` (online).
+    val: fixed validation pairs ``(theta [V, d], ys [V, *obs_shape])``.
+    fit: ``(theta, ys)`` numpy pairs to fit the standardization on (the training bank, or the
+    online pilot).
+    batch_fn: ``(data, key) -> (theta [B, d], ys [B, ...])``.
+    num_simulations: bank size ``N + V`` (``None`` online); num_validation: ``V``.
+    simulations_hash: sha256 of the bank (of ``"online"``), for resumable checkpoints.
+    """
+    data: tuple | None
+    val: tuple
+    fit: tuple
+    batch_fn: Callable
+    num_simulations: int | None
+    num_validation: int
+    simulations_hash: str
+
+
+def _check_count(owner: str, name: str, v, lo: int):
+    if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo):
+        raise ConfigError(f"{owner}: {name} must be a whole number >= {lo}, got {v!r}")
+
+
+def training_data(key_bank, key_val, model: Model, *, num_simulations: int | None, bank,
+                  num_validation: int | None, batch_size: int, owner: str, sampler: Model | None = None,
+                  progress: bool = True) -> TrainingData:
+    """A simulation bank (``bank`` given, or ``num_simulations`` simulated here) split into
+    training and validation pairs, or online simulation (``num_simulations=None`` and no
+    ``bank``: every step simulates a fresh batch inside the compiled step, validated on a fixed
+    pilot bank). ``sampler`` is the model simulated from (default ``model``; a widened training
+    prior in :func:`~amortflow.fit_posterior`); a supplied bank is checked against ``model``.
+    Online, each step draws extra rows when the pilot had non-finite simulations, so that a batch
+    of finite ones remains (a bank drops them). Raises ConfigError naming a bad setting."""
+    if bank is None and num_simulations is not None:
+        _check_count(owner, "num_simulations", num_simulations, 512)
+    _check_count(owner, "num_validation", num_validation, 1)
+    sampler = model if sampler is None else sampler
+    if bank is not None:
+        theta_bank, y_bank = np.asarray(bank[0], np.float32), np.asarray(bank[1], np.float32)
+        model.check_observations(y_bank)
+        model.check_theta(theta_bank)
+    elif num_simulations is not None:
+        theta_bank, y_bank = simulate_bank(key_bank, sampler, int(num_simulations), progress=progress)
+    else:
+        theta_bank = y_bank = None
+    h = hashlib.sha256()
+    for a in (theta_bank, y_bank):
+        h.update(b"online" if a is None else np.ascontiguousarray(a).tobytes())
+    if theta_bank is not None:
+        n_val = num_validation or max(256, len(theta_bank) // 10)
+        data, val = split_bank(key_val, theta_bank, y_bank, n_val)
+
+        def batch_fn(d, k):
+            idx = jax.random.randint(k, (batch_size,), 0, d[0].shape[0])
+            return d[0][idx], d[1][idx]
+
+        return TrainingData(data, val, (np.asarray(data[0]), np.asarray(data[1])), batch_fn,
+                            int(len(theta_bank)), int(n_val), h.hexdigest())
+    n_val = num_validation or 2048
+    n_pilot = max(n_val, 4096)
+    pilot = simulate_bank(key_val, sampler, n_pilot, progress=False)
+    val = (jnp.asarray(pilot[0][:n_val]), jnp.asarray(pilot[1][:n_val]))
+    bad_fraction = 1.0 - len(pilot[0]) / n_pilot
+    n_draw = batch_size if bad_fraction == 0 else int(math.ceil(batch_size * (1 + 2 * bad_fraction) + 16))
+
+    def batch_fn(d, k):
+        theta, ys = sampler.sample_prior_predictive(k, n_draw)
+        return (theta, ys) if n_draw == batch_size else finite_rows(theta, ys, batch_size)
+
+    return TrainingData(None, val, pilot, batch_fn, None, int(n_val), h.hexdigest())
+
+
+def training_identity(kind: str, key, model: Model, spec_repr: str, simulations_hash: str, **extra) -> dict:
+    """What a resumable training checkpoint was trained on: a checkpoint of another kind, model,
+    seed, simulation bank, architecture or loss must not be resumed as if it were this run's."""
+    kd = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return {"kind": kind, "model": model.fingerprint(), "key": np.asarray(kd).tolist(),
+            "simulations": simulations_hash, "architecture": spec_repr, **extra}

@@ -6,8 +6,8 @@ simulated pairs. The posterior is then sampled by the library's batched MCMC on 
 
 Also here, shared with :mod:`amortflow.estimators.ratio`: :class:`SurrogateLikelihood` (what a
 surrogate-likelihood estimator offers: the surrogate :class:`~amortflow.models.Model`, the same
-model in summary space, batched MCMC sampling) and :func:`training_data` (simulation bank or
-online simulation, validation split).
+model in summary space, batched MCMC sampling). Training data come from
+:func:`amortflow.estimators.data.training_data`.
 
 Shapes: ``d`` parameters, ``K`` datasets, ``S`` draws per dataset, ``m`` (= ``c``) data /
 summary dimension, ``P`` probe datasets.
@@ -15,12 +15,11 @@ summary dimension, ``P`` probe datasets.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import numbers
 import warnings
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +29,7 @@ from flax import serialization
 from amortflow.estimators import checkpoint as ckpt
 from amortflow.estimators.base import content_fingerprint
 from amortflow.estimators.data import (
-    Standardization, finite_rows, fit_standardization, simulate_bank, split_bank,
+    Standardization, fit_standardization, training_data, training_identity,
 )
 from amortflow.estimators.npe import _datasets  # the shared observation normalisation
 from amortflow.estimators.training import TrainConfig, train
@@ -42,86 +41,6 @@ from amortflow.nets.specs import FlowSpec, spec_from_dict, spec_to_dict
 
 #: simulated datasets kept with an NLE estimator to check a re-supplied ``summary_fn``
 NUM_PROBES = 8
-
-
-# ------------------------------------------------------------------ shared: training data
-class TrainingData(NamedTuple):
-    """What :func:`train` needs, for every simulation-based estimator.
-
-    data: the training bank ``(theta [N, d], ys [N, *obs_shape])`` or ``None`` (online).
-    val: fixed validation pairs ``(theta [V, d], ys [V, *obs_shape])``.
-    fit: ``(theta, ys)`` numpy pairs to fit the standardization on (bank or pilot).
-    batch_fn: ``(data, key) -> (theta [B, d], ys [B, ...])``.
-    num_simulations: bank size (``None`` online); num_validation: ``V``.
-    simulations_hash: sha256 of the bank (``"online"``), for resumable checkpoints.
-    """
-
-    data: Any
-    val: tuple
-    fit: tuple
-    batch_fn: Callable
-    num_simulations: int | None
-    num_validation: int
-    simulations_hash: str
-
-
-def _check_count(owner: str, name: str, v, lo: int):
-    if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo):
-        raise ConfigError(f"{owner}: {name} must be a whole number >= {lo}, got {v!r}")
-
-
-def training_data(key, model: Model, *, num_simulations: int | None, bank, num_validation: int | None,
-                  batch_size: int, owner: str, progress: bool = True) -> TrainingData:
-    """Simulation bank (given, or ``num_simulations`` simulated here) or online simulation
-    (``num_simulations=None`` and no ``bank``: every step simulates a fresh batch in the compiled
-    step), as :func:`~amortflow.estimators.npe.fit_posterior` does. Raises ConfigError naming a
-    bad setting."""
-    if bank is None and num_simulations is not None:
-        _check_count(owner, "num_simulations", num_simulations, 512)
-    _check_count(owner, "num_validation", num_validation, 1)
-    k_bank, k_val = jax.random.split(key)
-    if bank is not None:
-        theta_bank, y_bank = np.asarray(bank[0], np.float32), np.asarray(bank[1], np.float32)
-        model.check_observations(y_bank)
-        model.check_theta(theta_bank)
-    elif num_simulations is not None:
-        theta_bank, y_bank = simulate_bank(k_bank, model, int(num_simulations), progress=progress)
-    else:
-        theta_bank = y_bank = None
-    h = hashlib.sha256()
-    for a in (theta_bank, y_bank):
-        h.update(b"online" if a is None else np.ascontiguousarray(a).tobytes())
-    if theta_bank is not None:
-        n_val = num_validation or max(256, len(theta_bank) // 10)
-        data, val = split_bank(k_val, theta_bank, y_bank, n_val)
-
-        def batch_fn(d, k):
-            idx = jax.random.randint(k, (batch_size,), 0, d[0].shape[0])
-            return d[0][idx], d[1][idx]
-
-        return TrainingData(data, val, (np.asarray(data[0]), np.asarray(data[1])), batch_fn,
-                            int(len(theta_bank)), int(n_val), h.hexdigest())
-    n_val = num_validation or 2048
-    n_pilot = max(n_val, 4096)
-    pilot = simulate_bank(k_val, model, n_pilot, progress=False)
-    val = (jnp.asarray(pilot[0][:n_val]), jnp.asarray(pilot[1][:n_val]))
-    bad_fraction = 1.0 - len(pilot[0]) / n_pilot
-    # simulate enough that a batch of finite simulations remains (a bank drops the others)
-    n_draw = batch_size if bad_fraction == 0 else int(math.ceil(batch_size * (1 + 2 * bad_fraction) + 16))
-
-    def batch_fn(d, k):
-        theta, ys = model.sample_prior_predictive(k, n_draw)
-        return (theta, ys) if n_draw == batch_size else finite_rows(theta, ys, batch_size)
-
-    return TrainingData(None, val, pilot, batch_fn, None, int(n_val), h.hexdigest())
-
-
-def training_identity(kind: str, key, model: Model, spec_repr: str, simulations_hash: str, **extra) -> dict:
-    """What a resumable training checkpoint was trained on (another model, seed, bank,
-    architecture or loss must not be resumed as this run)."""
-    kd = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    return {"kind": kind, "model": model.fingerprint(), "key": np.asarray(kd).tolist(),
-            "simulations": simulations_hash, "architecture": spec_repr, **extra}
 
 
 def check_model_supported(model: Model, owner: str) -> None:
@@ -556,7 +475,7 @@ def fit_likelihood(
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{owner}: summary_name must be a non-empty string, got {name!r}")
     k_data, k_init, k_train = jax.random.split(key, 3)
-    td = training_data(k_data, model, num_simulations=num_simulations, bank=bank,
+    td = training_data(*jax.random.split(k_data), model, num_simulations=num_simulations, bank=bank,
                        num_validation=num_validation, batch_size=cfg.batch_size, owner=owner,
                        progress=progress)
     spec = NLESpec(dim=model.dim, obs_shape=tuple(model.obs_shape), obs_kind=model.obs_kind,
@@ -715,4 +634,4 @@ def load_likelihood_estimator(path, summary_fn: Callable | None = None, model: M
 ckpt.register_estimator_kind("nle", _load_nle)
 
 __all__ = ["NLESpec", "LikelihoodEstimator", "fit_likelihood", "load_likelihood_estimator", "nle_log_prob",
-           "nle_loss", "features", "SurrogateLikelihood", "training_data", "TrainingData"]
+           "nle_loss", "features", "SurrogateLikelihood"]

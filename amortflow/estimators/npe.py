@@ -6,7 +6,6 @@ Shapes: ``d`` parameters, ``K`` datasets, ``S`` draws per dataset, ``c`` summary
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import numbers
 from functools import partial
@@ -15,7 +14,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
 from amortflow._backend import datasets_per_step, shard_over_datasets, keys_for
 from amortflow.estimators import checkpoint as ckpt
@@ -23,10 +21,9 @@ from amortflow.estimators.base import content_fingerprint, is_concrete
 from amortflow.estimators.data import (  # noqa: F401  (Standardization etc. re-exported)
     Standardization,
     WidenedPrior,
-    finite_rows,
     fit_standardization,
-    simulate_bank,
-    split_bank,
+    training_data,
+    training_identity,
     widen_prior,
 )
 from amortflow.estimators.tempered import Tempering, check_beta_range, make_tempered_loss
@@ -467,38 +464,10 @@ def fit_posterior(
                           "were already drawn); simulate the bank from widen_prior(model, ...) instead")
     sim_model = model if training_prior is None else widen_prior(model, training_prior)
     k_bank, k_init, k_train, k_val = jax.random.split(key, 4)
-    if bank is not None:
-        theta_bank, y_bank = np.asarray(bank[0], np.float32), np.asarray(bank[1], np.float32)
-        model.check_observations(y_bank)
-        model.check_theta(theta_bank)
-    elif num_simulations is not None:
-        theta_bank, y_bank = simulate_bank(k_bank, sim_model, int(num_simulations), progress=progress)
-    else:
-        theta_bank = y_bank = None
-
-    batch_size = cfg.batch_size
-    if theta_bank is not None:
-        n_val = num_validation or max(256, len(theta_bank) // 10)
-        data, val = split_bank(k_val, theta_bank, y_bank, n_val)
-        std = fit_standardization(data[0], data[1], model.obs_kind)
-
-        def batch_fn(d, k):
-            idx = jax.random.randint(k, (batch_size,), 0, d[0].shape[0])
-            return d[0][idx], d[1][idx]
-    else:
-        n_val = num_validation or 2048
-        n_pilot = max(n_val, 4096)
-        pilot = simulate_bank(k_val, sim_model, n_pilot, progress=False)
-        val = (jnp.asarray(pilot[0][:n_val]), jnp.asarray(pilot[1][:n_val]))
-        std = fit_standardization(pilot[0], pilot[1], model.obs_kind)
-        data = None
-        bad_fraction = 1.0 - len(pilot[0]) / n_pilot
-        # simulate enough that a batch of finite simulations remains (a bank drops the others)
-        n_draw = batch_size if bad_fraction == 0 else int(math.ceil(batch_size * (1 + 2 * bad_fraction) + 16))
-
-        def batch_fn(d, k):
-            theta, ys = sim_model.sample_prior_predictive(k, n_draw)
-            return (theta, ys) if n_draw == batch_size else finite_rows(theta, ys, batch_size)
+    td = training_data(k_bank, k_val, model, sampler=sim_model, num_simulations=num_simulations, bank=bank,
+                       num_validation=num_validation, batch_size=cfg.batch_size, owner="fit_posterior",
+                       progress=progress)
+    std = fit_standardization(td.fit[0], td.fit[1], model.obs_kind)
 
     spec = NPESpec(
         dim=model.dim,
@@ -520,10 +489,10 @@ def fit_posterior(
     prior_desc = None if training_prior is None else training_prior.to_dict()
     temper_desc = None if tempering is None else tempering.to_dict()
     identity = None if checkpoint_dir is None else {
-        **_training_identity(key, model, spec, theta_bank, y_bank), "training_prior": prior_desc,
+        **training_identity("npe", key, model, repr(spec), td.simulations_hash), "training_prior": prior_desc,
         "tempering": temper_desc}
     result: TrainResult = train(
-        k_train, loss_fn, params, batch_fn, data, val, cfg, progress=progress,
+        k_train, loss_fn, params, td.batch_fn, td.data, td.val, cfg, progress=progress,
         checkpoint_dir=checkpoint_dir, checkpoint_identity=identity,
         description=f"NPE {model.name}" + ("" if tempering is None else f" (beta in [{tempering.low:g}, {tempering.high:g}])"),
     )
@@ -535,20 +504,9 @@ def fit_posterior(
         model_name=model.name,
         history=result.history,
         train_config=dataclasses.asdict(cfg),
-        extra={"num_simulations": None if theta_bank is None else int(len(theta_bank)),
-               "num_validation": int(n_val), "training_prior": prior_desc, "tempering": temper_desc},
+        extra={"num_simulations": td.num_simulations, "num_validation": td.num_validation,
+               "training_prior": prior_desc, "tempering": temper_desc},
     )
-
-
-def _training_identity(key, model: Model, spec: NPESpec, theta_bank, y_bank) -> dict:
-    """What a resumable training checkpoint was trained on: a checkpoint of another model,
-    seed, simulation bank or architecture must not be resumed as if it were this run's."""
-    h = hashlib.sha256()
-    for a in (theta_bank, y_bank):
-        h.update(b"online" if a is None else np.ascontiguousarray(a).tobytes())
-    kd = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    return {"kind": "npe", "model": model.fingerprint(), "key": np.asarray(kd).tolist(),
-            "simulations": h.hexdigest(), "architecture": repr(spec)}
 
 
 @partial(jax.jit, static_argnames=("spec",))

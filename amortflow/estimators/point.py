@@ -21,15 +21,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import serialization
 
 from amortflow._backend import datasets_per_step, shard_over_datasets
 from amortflow.estimators import checkpoint as ckpt
 from amortflow.estimators.base import content_fingerprint
-from amortflow.estimators.data import (Standardization, finite_rows, fit_standardization, simulate_bank,
-                                      split_bank)
-from amortflow.estimators.npe import (_count, _datasets, _extra_inputs, _pad_to_devices, _summaries,
-                                      _training_identity, dataset_keys)
+from amortflow.estimators.data import Standardization, fit_standardization, training_data, training_identity
+from amortflow.estimators.npe import _count, _datasets, _extra_inputs, _pad_to_devices, _summaries, dataset_keys
 from amortflow.estimators.training import TrainConfig, train
 from amortflow.errors import ConfigError
 from amortflow.models.base import Model
@@ -526,45 +523,6 @@ def _whole(v, lo: int) -> bool:
     return not isinstance(v, bool) and isinstance(v, numbers.Integral) and v >= lo
 
 
-def _training_data(key_bank, key_val, model: Model, num_simulations, bank, num_validation, batch_size: int,
-                   progress: bool):
-    """``(data, val, std, batch_fn, n_val, theta_bank, y_bank)`` the way
-    :func:`~amortflow.fit_posterior` sets them up: a fixed bank (given or simulated here) split
-    into training / validation, or online simulation with a pilot bank for validation and the
-    standardization (simulating extra rows when the pilot had non-finite simulations)."""
-    if bank is not None:
-        theta_bank, y_bank = np.asarray(bank[0], np.float32), np.asarray(bank[1], np.float32)
-        model.check_observations(y_bank)
-        model.check_theta(theta_bank)
-    elif num_simulations is not None:
-        theta_bank, y_bank = simulate_bank(key_bank, model, int(num_simulations), progress=progress)
-    else:
-        theta_bank = y_bank = None
-    if theta_bank is not None:
-        n_val = num_validation or max(256, len(theta_bank) // 10)
-        data, val = split_bank(key_val, theta_bank, y_bank, n_val)
-        std = fit_standardization(data[0], data[1], model.obs_kind)
-
-        def batch_fn(d, k):
-            idx = jax.random.randint(k, (batch_size,), 0, d[0].shape[0])
-            return d[0][idx], d[1][idx]
-
-        return data, val, std, batch_fn, n_val, theta_bank, y_bank
-    n_val = num_validation or 2048
-    n_pilot = max(n_val, 4096)
-    pilot = simulate_bank(key_val, model, n_pilot, progress=False)
-    val = (jnp.asarray(pilot[0][:n_val]), jnp.asarray(pilot[1][:n_val]))
-    std = fit_standardization(pilot[0], pilot[1], model.obs_kind)
-    bad = 1.0 - len(pilot[0]) / n_pilot
-    n_draw = batch_size if bad == 0 else int(math.ceil(batch_size * (1 + 2 * bad) + 16))
-
-    def batch_fn(d, k):
-        theta, ys = model.sample_prior_predictive(k, n_draw)
-        return (theta, ys) if n_draw == batch_size else finite_rows(theta, ys, batch_size)
-
-    return None, val, std, batch_fn, n_val, None, None
-
-
 def fit_point_estimator(
     key,
     model: Model,
@@ -629,8 +587,10 @@ def fit_point_estimator(
         raise ConfigError(f"fit_point_estimator: model {model.name!r} takes design data; training on "
                           "simulations needs a design distribution, which is not supported yet")
     k_bank, k_init, k_train, k_val = jax.random.split(key, 4)
-    data, val, std, batch_fn, n_val, theta_bank, y_bank = _training_data(
-        k_bank, k_val, model, num_simulations, bank, num_validation, cfg.batch_size, progress)
+    td = training_data(k_bank, k_val, model, num_simulations=num_simulations, bank=bank,
+                       num_validation=num_validation, batch_size=cfg.batch_size, owner="fit_point_estimator",
+                       progress=progress)
+    std = fit_standardization(td.fit[0], td.fit[1], model.obs_kind)
     spec = PointSpec(
         dim=model.dim, obs_shape=tuple(model.obs_shape), obs_kind=model.obs_kind,
         summary=summary or default_summary_spec(model.obs_kind, model.obs_shape, model.dim),
@@ -642,15 +602,14 @@ def fit_point_estimator(
         return point_loss(spec, p, std, batch, k)
 
     identity = None if checkpoint_dir is None else {
-        **_training_identity(key, model, spec, theta_bank, y_bank), "kind": "nbe"}
-    result = train(k_train, loss_fn, params, batch_fn, data, val, cfg, progress=progress,
+        **training_identity("nbe", key, model, repr(spec), td.simulations_hash)}
+    result = train(k_train, loss_fn, params, td.batch_fn, td.data, td.val, cfg, progress=progress,
                    checkpoint_dir=checkpoint_dir, checkpoint_identity=identity,
                    description=f"NBE {model.name} ({', '.join(loss.labels)})")
     return PointEstimator(
         spec=spec, params=result.params, standardization=std, param_names=model.param_names,
         model_name=model.name, history=result.history, train_config=dataclasses.asdict(cfg),
-        extra={"num_simulations": None if theta_bank is None else int(len(theta_bank)),
-               "num_validation": int(n_val)},
+        extra={"num_simulations": td.num_simulations, "num_validation": td.num_validation},
     )
 
 

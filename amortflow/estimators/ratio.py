@@ -31,11 +31,10 @@ import numpy as np
 
 from amortflow.estimators import checkpoint as ckpt
 from amortflow.estimators.base import content_fingerprint
-from amortflow.estimators.data import Standardization, fit_standardization
+from amortflow.estimators.data import Standardization, fit_standardization, training_data, training_identity
 from amortflow.estimators.likelihood import (
     SurrogateLikelihood, check_model_supported, check_standardization, check_train_config,
-    common_fields, is_count, is_shape, net_spec_field, restore_arrays, spec_field, training_data,
-    training_identity,
+    common_fields, is_count, is_shape, net_spec_field, restore_arrays, spec_field,
 )
 from amortflow.estimators.npe import _datasets
 from amortflow.estimators.training import TrainConfig, train
@@ -348,7 +347,7 @@ def fit_ratio(
     if summary is not None and isinstance(summary, FlowSpec):
         raise ConfigError(f"{owner}: summary must be a summary-network spec, got a FlowSpec")
     k_data, k_init, k_train = jax.random.split(key, 3)
-    td = training_data(k_data, model, num_simulations=num_simulations, bank=bank,
+    td = training_data(*jax.random.split(k_data), model, num_simulations=num_simulations, bank=bank,
                        num_validation=num_validation, batch_size=cfg.batch_size, owner=owner,
                        progress=progress)
     std = fit_standardization(td.fit[0], td.fit[1], model.obs_kind)
