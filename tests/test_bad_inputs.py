@@ -354,10 +354,18 @@ def test_cli_reads_a_header_even_when_it_looks_numeric(tmp_path):
         cli.load_datasets(str(tmp_path / "h.csv"), model)
 
 
+def _interruptible():
+    """A child started from a shell's background job inherits SIGINT *ignored*, and Python then
+    installs no KeyboardInterrupt handler (the CLI rightly leaves an ignored SIGINT alone): give
+    the child the default disposition so that these tests do not depend on how pytest was run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_without_a_crash(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "amortflow", "demo", "--quick", "--out", "d", "--no-progress"],
-                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_interruptible)
     t0 = time.time()
     for line in p.stdout:  # wait until the command is under way (JAX imported, training started)
         if "[demo] training" in line or time.time() - t0 > 120:
@@ -380,7 +388,8 @@ def test_ctrl_c_while_the_main_thread_stays_busy_still_exits_130():
             "        if first:\n            first = False\n            print('ready', flush=True)\n"
             "        libc.sleep(100)\n"
             "    except KeyboardInterrupt:\n        pass\n")
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_interruptible)
     first = p.stdout.readline()
     assert first.strip() == "ready", (first, p.communicate(timeout=30))
     t0 = time.time()
