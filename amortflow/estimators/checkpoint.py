@@ -22,7 +22,7 @@ import numpy as np
 from flax import serialization
 
 from amortflow._version import __version__
-from amortflow.estimators.base import architecture_json
+from amortflow.estimators.base import architecture_json, content_fingerprint
 
 FORMAT = "amortflow-estimator"
 FORMAT_VERSION = 2
@@ -70,6 +70,24 @@ def _jsonable(obj):
 
 def _architecture_sha256(kind, spec, param_names) -> str:
     return hashlib.sha256(architecture_json(kind, spec, param_names)).hexdigest()
+
+
+class Checkpointed:
+    """``fingerprint()`` and ``save()`` for an estimator that defines ``_spec_dict()`` (its
+    JSON-ready architecture) and ``_arrays()`` (parameters, standardization, ...) and carries
+    ``kind``, ``param_names``, ``model_name``, ``train_config``, ``history`` and ``extra``."""
+
+    def fingerprint(self) -> str:
+        """sha256 of kind, architecture, parameter names and every array (parameters,
+        standardization, ...): equal for equal estimators, also across save / load."""
+        return content_fingerprint(self.kind, self._spec_dict(), self.param_names, self._arrays())
+
+    def save(self, path) -> None:
+        """Write the estimator to directory ``path`` (JSON config + msgpack arrays; loaded by
+        ``load_estimator``)."""
+        write_estimator(path, kind=self.kind, spec=self._spec_dict(), param_names=self.param_names,
+                        model_name=self.model_name, arrays=self._arrays(), train_config=self.train_config,
+                        history=self.history, extra=self.extra)
 
 
 def write_estimator(path, *, kind: str, spec: dict, param_names, model_name: str, arrays,

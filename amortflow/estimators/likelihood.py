@@ -27,7 +27,6 @@ import numpy as np
 from flax import serialization
 
 from amortflow.estimators import checkpoint as ckpt
-from amortflow.estimators.base import content_fingerprint
 from amortflow.estimators.data import (
     Standardization, fit_standardization, training_data, training_identity,
 )
@@ -312,7 +311,7 @@ def _probe_mismatch(x_new, x_saved) -> float:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LikelihoodEstimator(SurrogateLikelihood):
+class LikelihoodEstimator(SurrogateLikelihood, ckpt.Checkpointed):
     """A trained neural likelihood ``q(x | theta)`` (kind ``"nle"``).
 
     Methods take ``obs``: datasets ``[K, *obs_shape]``, one dataset ``[*obs_shape]``, or an
@@ -408,19 +407,10 @@ class LikelihoodEstimator(SurrogateLikelihood):
                 "flow": spec_to_dict(s.flow), "summary_fn_name": s.summary_fn_name}
 
     def _arrays(self) -> dict:
+        # a saved summary_fn is its name plus its outputs on the probe datasets: another function
+        # changes the fingerprint, and a loader re-supplied with one checks it against the probes
         return {"params": self.params, "standardization": self.standardization._asdict(),
                 "probe": {"y": np.asarray(self.probe["y"]), "x": np.asarray(self.probe["x"])}}
-
-    def fingerprint(self) -> str:
-        """sha256 of kind, architecture (incl. the summary function's name), names, parameters,
-        standardization and the probe summaries (so another summary function differs)."""
-        return content_fingerprint(self.kind, self._spec_dict(), self.param_names, self._arrays())
-
-    def save(self, path):
-        """Write to directory ``path`` (``summary_fn`` is stored by name and probe outputs only)."""
-        ckpt.write_estimator(path, kind=self.kind, spec=self._spec_dict(), param_names=self.param_names,
-                             model_name=self.model_name, arrays=self._arrays(),
-                             train_config=self.train_config, history=self.history, extra=self.extra)
 
 
 def fit_likelihood(

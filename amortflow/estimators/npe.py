@@ -17,7 +17,7 @@ import numpy as np
 
 from amortflow._backend import datasets_per_step, shard_over_datasets, keys_for
 from amortflow.estimators import checkpoint as ckpt
-from amortflow.estimators.base import content_fingerprint, is_concrete
+from amortflow.estimators.base import is_concrete
 from amortflow.estimators.data import (  # noqa: F401  (Standardization etc. re-exported)
     Standardization,
     WidenedPrior,
@@ -242,7 +242,7 @@ def _extra_inputs(spec: NPESpec, k: int, beta, design, conditions, extrapolate: 
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PosteriorEstimator:
+class PosteriorEstimator(ckpt.Checkpointed):
     """A trained neural posterior ``q(theta | y)`` (an :class:`~amortflow.estimators.base.Estimator`).
 
     Every method takes ``obs``: datasets ``[K, *obs_shape]``, one dataset ``[*obs_shape]``
@@ -381,16 +381,6 @@ class PosteriorEstimator:
 
     def _arrays(self) -> dict:
         return {"params": self.params, "standardization": self.standardization._asdict()}
-
-    def fingerprint(self) -> str:
-        """sha256 of kind, architecture, parameter names, parameters and standardization."""
-        return content_fingerprint(self.kind, self._spec_dict(), self.param_names, self._arrays())
-
-    def save(self, path):
-        """Write the estimator to directory ``path`` (JSON config + msgpack arrays)."""
-        ckpt.write_estimator(path, kind=self.kind, spec=self._spec_dict(), param_names=self.param_names,
-                             model_name=self.model_name, arrays=self._arrays(),
-                             train_config=self.train_config, history=self.history, extra=self.extra)
 
 
 # ------------------------------------------------------------------ simulation and training

@@ -24,7 +24,6 @@ import numpy as np
 
 from amortflow._backend import datasets_per_step, shard_over_datasets
 from amortflow.estimators import checkpoint as ckpt
-from amortflow.estimators.base import content_fingerprint
 from amortflow.estimators.data import Standardization, fit_standardization, training_data, training_identity
 from amortflow.estimators.npe import _count, _datasets, _extra_inputs, _pad_to_devices, _summaries, dataset_keys
 from amortflow.estimators.training import TrainConfig, train
@@ -352,7 +351,7 @@ def _no_density(what: str):
 
 # ------------------------------------------------------------------ the estimator
 @dataclasses.dataclass(frozen=True, eq=False)
-class PointEstimator:
+class PointEstimator(ckpt.Checkpointed):
     """A trained neural Bayes estimator (an :class:`~amortflow.estimators.base.Estimator`
     without a density: ``has_log_prob = False``).
 
@@ -505,17 +504,6 @@ class PointEstimator:
 
     def _arrays(self) -> dict:
         return {"params": self.params, "standardization": self.standardization._asdict()}
-
-    def fingerprint(self) -> str:
-        """sha256 of kind, architecture (loss included), parameter names, parameters and
-        standardization."""
-        return content_fingerprint(self.kind, self._spec_dict(), self.param_names, self._arrays())
-
-    def save(self, path):
-        """Write the estimator to directory ``path`` (loaded by ``load_estimator``)."""
-        ckpt.write_estimator(path, kind=self.kind, spec=self._spec_dict(), param_names=self.param_names,
-                             model_name=self.model_name, arrays=self._arrays(),
-                             train_config=self.train_config, history=self.history, extra=self.extra)
 
 
 # ------------------------------------------------------------------ training

@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from amortflow.estimators import checkpoint as ckpt
-from amortflow.estimators.base import content_fingerprint
 from amortflow.estimators.data import Standardization, fit_standardization, training_data, training_identity
 from amortflow.estimators.likelihood import (
     SurrogateLikelihood, check_model_supported, check_standardization, check_train_config,
@@ -226,7 +225,7 @@ def _log_ratio(spec, params, std, theta, s):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class RatioEstimator(SurrogateLikelihood):
+class RatioEstimator(SurrogateLikelihood, ckpt.Checkpointed):
     """A trained ratio estimator ``d(theta, s(y)) ~ log p(y | theta) / p(y)`` (kind ``"nre"``).
 
     Methods take ``obs``: datasets ``[K, *obs_shape]``, one dataset, or an
@@ -288,16 +287,6 @@ class RatioEstimator(SurrogateLikelihood):
 
     def _arrays(self) -> dict:
         return {"params": self.params, "standardization": self.standardization._asdict()}
-
-    def fingerprint(self) -> str:
-        """sha256 of kind, architecture, parameter names, parameters and standardization."""
-        return content_fingerprint(self.kind, self._spec_dict(), self.param_names, self._arrays())
-
-    def save(self, path):
-        """Write to directory ``path`` (JSON config + msgpack arrays)."""
-        ckpt.write_estimator(path, kind=self.kind, spec=self._spec_dict(), param_names=self.param_names,
-                             model_name=self.model_name, arrays=self._arrays(),
-                             train_config=self.train_config, history=self.history, extra=self.extra)
 
 
 def fit_ratio(
