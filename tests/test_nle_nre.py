@@ -266,14 +266,36 @@ def test_fit_errors(model):
 def test_run_workflow_defaults_on_nle(model, nle, ys):
     cfg = WorkflowConfig(num_draws=NUM_DRAWS)
     stages = default_stages(model, nle, cfg, progress=False)
-    assert [s.name for s in stages] == ["mcmc"] and "posterior" in stages[0].columns
+    assert [s.name for s in stages] == ["surrogate_ood", "mcmc", "mcmc_exact"] and "posterior" in stages[1].columns
+    assert [s.name for s in default_stages(model, nle, WorkflowConfig(ood_method=None), progress=False)] == ["mcmc"]
     res = run_workflow(jax.random.PRNGKey(4), model, nle, ys, cfg, progress=False)
     assert set(res.route) <= {"mcmc", "nuts", "failed"} and (res.route != "failed").sum() >= 7
     table = res.table()
-    assert (table["posterior"] == "nle surrogate").all()  # the table says whose posterior it is
+    surrogate = ~table["ood_flag"].to_numpy(bool)
+    assert surrogate.sum() >= 6  # ~5% of prior-predictive datasets are flagged by design
+    assert (table["posterior"][surrogate] == "nle surrogate").all()  # the table says whose posterior it is
+    assert (table["posterior"][~surrogate] == "").all()
     assert np.isfinite(table["nested_rhat_max"]).all()
     mu, sd = gaussian_mean_posterior(model, ys)
     ok = res.route != "failed"
     means = np.stack([table["theta_0_mean"], table["theta_1_mean"]], 1)
     sds = np.stack([table["theta_0_sd"], table["theta_1_sd"]], 1)
     _assert_accurate(means[ok], sds[ok], np.asarray(mu)[ok], np.asarray(sd)[ok], "workflow on NLE")
+
+
+def test_datasets_outside_the_surrogates_training_data_get_the_models_own_likelihood(model, nle, ys):
+    """A surrogate extrapolates off its training data; the OOD screen sends such datasets to MCMC
+    on the exact likelihood. Datasets 0-1 are moved 12 prior sd away (never simulated in training):
+    they must be flagged, sampled on the model's likelihood and match the analytic posterior."""
+    far = ys.copy()
+    far[:2] += 12.0
+    res = run_workflow(jax.random.PRNGKey(4), model, nle, far, WorkflowConfig(num_draws=NUM_DRAWS), progress=False)
+    table = res.table()
+    assert table["ood_flag"][:2].all() and (table["posterior"][:2] == "").all()
+    assert all("outside the NLE surrogate's training data" in r for r in res.reason[:2]), res.reason[:2]
+    assert set(res.route[:2]) <= {"mcmc", "nuts"}, res.route[:2]
+    assert (table["posterior"][2:][~table["ood_flag"][2:].to_numpy(bool)] == "nle surrogate").all()
+    mu, sd = gaussian_mean_posterior(model, far[:2])
+    means = np.stack([table["theta_0_mean"][:2], table["theta_1_mean"][:2]], 1)
+    sds = np.stack([table["theta_0_sd"][:2], table["theta_1_sd"][:2]], 1)
+    _assert_accurate(means, sds, np.asarray(mu), np.asarray(sd), "exact MCMC on OOD datasets")

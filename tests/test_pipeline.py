@@ -155,7 +155,7 @@ def test_every_estimator_kind_runs_through_the_workflow(kind, tmp_path, gaussian
         stages = (point_estimate_stage(est, model=gaussian_model), mcmc)
     else:
         stages = default_stages(gaussian_model, est, config, progress=False)
-        assert [s.name for s in stages] == ["mcmc"]
+        assert [s.name for s in stages] == ["surrogate_ood", "mcmc", "mcmc_exact"]
     res = af.run_workflow(jax.random.PRNGKey(4), gaussian_model, est, data[:4], config, stages=stages,
                           progress=False)
     assert set(res.route) <= {"mcmc", "failed"} and (res.route == "mcmc").sum() >= 3
@@ -184,3 +184,41 @@ def test_refinement_stage_recovers_what_psis_refused(gaussian_model, gaussian_es
     assert (t.num_log_density_evals[rows] == 4 * S).all()  # stage 1 + three refinement rounds
     assert "PSIS k-hat" in res.reason[rows[0]]  # why it needed refinement
     assert "refine" in res.stage_time_s and res.route_counts()["refined"] == rows.size
+
+
+def test_restrict_runs_a_stage_on_the_selected_rows_only():
+    from amortflow.models.observation import Observation
+    from amortflow.workflow.pipeline import StageInput, restrict
+
+    seen = {}
+
+    def run(key, inp):
+        seen["index"] = inp.index.copy()
+        seen["carry"] = inp.carry["flag"].copy()
+        n = inp.index.size
+        draws = np.tile(inp.index[:, None, None].astype(np.float32), (1, 3, 2))
+        return StageResult(np.full(n, "done", object), np.full(n, "", object), draws=draws,
+                           diagnostics={"score": inp.index * 1.5, "label": np.full(n, "x", object)},
+                           cost={"evals": np.full(n, 7, np.int64)}, carry={"next": inp.index + 100},
+                           weighted=(draws, np.zeros((n, 3), np.float32)))
+
+    idx = np.array([3, 5, 8, 9, 12])
+    flag = np.array([True, False, True, False, False])
+    inp = StageInput(idx, Observation(np.arange(5.0)[:, None], np.ones(5), None), {"flag": flag})
+    stage = restrict(Stage("inner", run, salt=9), lambda i: ~i.carry["flag"], name="outer")
+    assert stage.name == "outer" and stage.salt == 9
+    res = stage.run(jax.random.PRNGKey(0), inp)
+    np.testing.assert_array_equal(seen["index"], [5, 9, 12])  # the inner stage saw its rows only
+    assert not seen["carry"].any()
+    np.testing.assert_array_equal(res.route, ["", "done", "", "done", "done"])
+    assert (res.reason == "").all()
+    np.testing.assert_array_equal(res.diagnostics["score"], [np.nan, 7.5, np.nan, 13.5, 18.0])
+    np.testing.assert_array_equal(res.diagnostics["label"], ["", "x", "", "x", "x"])
+    np.testing.assert_array_equal(res.cost["evals"], [0, 7, 0, 7, 7])
+    np.testing.assert_array_equal(res.carry["next"], [0, 105, 0, 109, 112])
+    assert np.isnan(res.draws[[0, 2]]).all() and (res.draws[[1, 3, 4], 0, 0] == [5, 9, 12]).all()
+    assert np.isneginf(res.weighted[1][[0, 2]]).all() and (res.weighted[1][[1, 3, 4]] == 0).all()
+    none = restrict(Stage("inner", run), lambda i: np.zeros(5, bool)).run(jax.random.PRNGKey(0), inp)
+    assert (none.route == OPEN).all() and none.draws is None
+    with pytest.raises(ValueError, match="select returned shape"):
+        restrict(Stage("inner", run), lambda i: np.ones(3, bool)).run(jax.random.PRNGKey(0), inp)

@@ -100,6 +100,51 @@ def hand_on(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full(n, OPEN, dtype=object), np.full(n, "", dtype=object)
 
 
+def restrict(stage: Stage, select: Callable[[StageInput], np.ndarray], *, name: str | None = None) -> Stage:
+    """``stage`` run only on the open datasets where ``select(inp)`` (``[n]`` bool) is True; the
+    others are handed on with an empty reason (they keep the one they had). The inner stage sees
+    its rows only (index, observation and carry gathered); its per-row outputs are scattered back,
+    the unselected rows getting each column's fill value (NaN / 0 / False / ""), as if the stage
+    had never seen them -- which they are not: a column of the same name an earlier stage wrote
+    is overwritten for them, so select on rows that no earlier stage gave that column."""
+
+    def run(key, inp: StageInput) -> StageResult:
+        rows = np.asarray(select(inp), bool)
+        n = inp.index.size
+        if rows.shape != (n,):
+            raise ValueError(f"restrict({stage.name!r}): select returned shape {rows.shape}, expected ({n},)")
+        route, reason = hand_on(n)
+        if not rows.any():
+            return StageResult(route, reason)
+        sub = StageInput(inp.index[rows], take(inp.obs, rows), {k: np.asarray(v)[rows] for k, v in inp.carry.items()})
+        res = stage.run(key, sub)
+        route[rows], reason[rows] = res.route, res.reason
+
+        def grow(a):
+            a = np.asarray(a)
+            col = _column(n, a)
+            col[rows] = a
+            return col
+
+        def grow_all(d):
+            return {k: grow(v) for k, v in d.items()}
+
+        weighted = None if res.weighted is None else tuple(
+            _fill_rows(grow(a), rows, fill) for a, fill in zip(res.weighted, (np.nan, -np.inf)))
+        return StageResult(route, reason, draws=None if res.draws is None else _fill_rows(grow(res.draws), rows, np.nan),
+                           diagnostics=grow_all(res.diagnostics), cost=grow_all(res.cost), carry=grow_all(res.carry),
+                           info=res.info, weighted=weighted)
+
+    return dataclasses.replace(stage, name=name or stage.name, run=run)
+
+
+def _fill_rows(a: np.ndarray, rows: np.ndarray, fill) -> np.ndarray:
+    """``a`` with the rows not in ``rows`` set to ``fill`` (float arrays: draws, log weights)."""
+    a = np.asarray(a, np.float32)
+    a[~rows] = fill
+    return a
+
+
 # ----------------------------------------------------------------------------- the record
 def _fill_value(a: np.ndarray):
     kind = np.asarray(a).dtype.kind
@@ -353,4 +398,4 @@ def run_stages(key, stages, records: Records, obs: Observation, store: ProgressS
 
 
 __all__ = ["Stage", "StageInput", "StageResult", "Records", "ProgressStore", "run_stage",
-           "run_stages", "hand_on", "OPEN", "FAILED", "BUILTIN_ROUTES"]
+           "run_stages", "hand_on", "restrict", "OPEN", "FAILED", "BUILTIN_ROUTES"]

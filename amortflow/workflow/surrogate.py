@@ -2,7 +2,12 @@
 posterior ``log p(theta) + beta * l(theta, s(y))``, every dataset at once.
 
 Such an estimator has no amortized draws and no proposal density, so there are no amortized,
-PSIS or refinement stages: :func:`surrogate_stages` is one :func:`surrogate_mcmc_stage`.
+PSIS or refinement stages. A surrogate is only trustworthy where it was trained, so
+:func:`surrogate_stages` first scores every dataset's summaries against those of fresh
+prior-predictive simulations (:func:`surrogate_ood_stage`, the amortized stage's OOD check);
+datasets in distribution go to :func:`surrogate_mcmc_stage`, the others to the MCMC ladder on
+the model's own likelihood (:func:`~amortflow.workflow.stages.mcmc_stage`), so an atypical
+dataset is never answered by a network extrapolating.
 
 Why the stage samples in summary space: the summary ``s(y)`` (NLE: the data ``x``; NRE: the
 learned summary network, e.g. a CNN) does not depend on ``theta``, yet a model whose
@@ -23,13 +28,39 @@ the sampler's inputs.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from amortflow import mcmc
 from amortflow.models.base import Model
 from amortflow.models.observation import Observation
-from amortflow.workflow.pipeline import Stage, StageInput, StageResult
-from amortflow.workflow.stages import MCMC_COLUMNS, ladder_stage_result
+from amortflow.workflow.pipeline import Stage, StageInput, StageResult, hand_on, restrict
+from amortflow.workflow.stages import MCMC_COLUMNS, _ood_scores, ladder_stage_result, mcmc_stage
+
+#: hand-on flag of :func:`surrogate_ood_stage`: the dataset lies outside the surrogate's training data
+OOD_FLAG = "surrogate_ood"
+
+
+def surrogate_ood_stage(model: Model, estimator, *, method: str = "mahalanobis", alpha: float = 0.05,
+                        num_simulations: int = 4000) -> Stage:
+    """Scores every open dataset's summaries ``estimator.summaries(y) [n, c]`` against those of
+    ``num_simulations`` fresh prior-predictive simulations (``method``: ``"mahalanobis"`` or
+    ``"mmd"``; threshold the ``1 - alpha`` quantile of held-out simulations) and decides nothing:
+    every dataset is handed on, with ``carry["surrogate_ood"] [n]`` and the columns ``ood_score``
+    / ``ood_flag``; a flagged one with the reason (its score and the threshold)."""
+    kind = estimator.kind.upper()
+
+    def run(key, inp: StageInput) -> StageResult:
+        score, flag, threshold = _ood_scores(key, model, estimator, inp.obs, method, alpha, num_simulations)
+        route, reason = hand_on(inp.index.size)
+        for j in np.nonzero(flag)[0]:
+            reason[j] = (f"outside the {kind} surrogate's training data (OOD score {score[j]:.2f} > "
+                         f"{threshold:.2f}): sampled with the model's own likelihood")
+        return StageResult(route, reason, diagnostics={"ood_score": score, "ood_flag": flag},
+                           carry={OOD_FLAG: flag}, info={"thresholds": {"ood": threshold}})
+
+    return Stage("surrogate_ood", run, salt=7, columns={"ood_score": np.float64, "ood_flag": bool})
 
 
 def surrogate_mcmc_stage(estimator, model: Model, ladder, *, num_output_draws: int,
@@ -76,10 +107,23 @@ def surrogate_mcmc_stage(estimator, model: Model, ladder, *, num_output_draws: i
 
 def surrogate_stages(model: Model, estimator, config, *, progress: bool = True) -> tuple[Stage, ...]:
     """The default workflow of a surrogate-likelihood estimator under ``config``
-    (:class:`~amortflow.WorkflowConfig`: its ladder -- with :func:`amortflow.mcmc.widen_batches` --,
-    ``num_draws`` and ``mcmc_chunk``)."""
-    return (surrogate_mcmc_stage(estimator, model, mcmc.widen_batches(config.ladder()), num_output_draws=config.num_draws,
-                                 chunk_size=config.mcmc_chunk, progress=progress),)
+    (:class:`~amortflow.WorkflowConfig`): :func:`surrogate_ood_stage` (``ood_method``,
+    ``ood_alpha``, ``num_ood_simulations``; skipped when ``ood_method`` is None), then
+    :func:`surrogate_mcmc_stage` on the datasets in distribution (the ladder with
+    :func:`amortflow.mcmc.widen_batches`), then the ladder on the model's own likelihood for the
+    datasets outside it (stage ``"mcmc_exact"``, routes ``"mcmc"`` / ``"nuts"`` with an empty
+    ``posterior`` column)."""
+    surrogate = surrogate_mcmc_stage(estimator, model, mcmc.widen_batches(config.ladder()),
+                                     num_output_draws=config.num_draws, chunk_size=config.mcmc_chunk,
+                                     progress=progress)
+    if config.ood_method is None:
+        return (surrogate,)
+    screen = surrogate_ood_stage(model, estimator, method=config.ood_method, alpha=config.ood_alpha,
+                                 num_simulations=config.num_ood_simulations)
+    exact = mcmc_stage(model, config.ladder(), num_output_draws=config.num_draws, chunk_size=config.mcmc_chunk,
+                       progress=progress)
+    return (screen, restrict(surrogate, lambda inp: ~np.asarray(inp.carry[OOD_FLAG], bool)),
+            dataclasses.replace(exact, name="mcmc_exact", salt=6))
 
 
-__all__ = ["surrogate_mcmc_stage", "surrogate_stages"]
+__all__ = ["surrogate_ood_stage", "surrogate_mcmc_stage", "surrogate_stages", "OOD_FLAG"]
