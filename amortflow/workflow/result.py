@@ -180,6 +180,16 @@ class WorkflowResult:
         counts, k = self.route_counts(), max(self.num_datasets, 1)
         lines = [title or f"{self.model_name}: {self.num_datasets} datasets" + self._beta_note()]
         lines += [f"  {r:<10} {n:>6}  ({100 * n / k:5.1f}%)" for r, n in counts.items()]
+        post = self.diagnostics.get("posterior")
+        if post is not None:  # surrogate workflows: whose posterior the draws are
+            post = np.asarray(post, dtype=object)
+            done = self.route != "failed"
+            for label in sorted({str(p) for p in post[done] if p}):
+                lines.append(f"  ({int(np.sum(done & (post == label)))} of them: posterior of the {label} "
+                             "likelihood, not of the model's)")
+            exact = int(np.sum(done & (post == "")))
+            if exact:
+                lines.append(f"  ({exact} of them: the model's own likelihood)")
         return "\n".join(lines)
 
     def _beta_note(self) -> str:
