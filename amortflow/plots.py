@@ -235,11 +235,13 @@ def plot_routing(result, training_time_s: float | None = None):
                    "psis": ROUTE_COLORS["psis"], "refine": ROUTE_COLORS["refined"], "mcmc": ROUTE_COLORS["mcmc"]}
     for name, t in result.stage_time_s.items():
         n = result.stage_counts.get(name)
-        if name == "mcmc" and result.mcmc_stage_time_s:
-            for st, ts in result.mcmc_stage_time_s.items():
-                labels.append(f"mcmc: {st}")
+        rungs = [(st.rpartition(":")[2], ts) for st, ts in result.mcmc_stage_time_s.items()
+                 if (st.rpartition(":")[0] or "mcmc") == name]  # "<stage>:<rung>"; bare: of "mcmc"
+        if rungs:
+            for rung, ts in rungs:
+                labels.append(f"{name}: {rung}")
                 times.append(float(ts))
-                colors.append(ROUTE_COLORS["nuts"] if "nuts" in st else ROUTE_COLORS["mcmc"])
+                colors.append(ROUTE_COLORS["nuts"] if "nuts" in rung else ROUTE_COLORS["mcmc"])
             continue
         labels.append(name if n is None else f"{name} ({n})")
         times.append(float(t))

@@ -50,7 +50,7 @@ class WorkflowResult:
     model_name: str
     config: dict = dataclasses.field(default_factory=dict)
     model: Any = None  # the Model, when available (for constrain / inference_data)
-    mcmc_stage_time_s: dict = dataclasses.field(default_factory=dict)  # within "mcmc", per stage
+    mcmc_stage_time_s: dict = dataclasses.field(default_factory=dict)  # per rung: "<rung>" of "mcmc", else "<stage>:<rung>"
     thresholds: dict = dataclasses.field(default_factory=dict)  # gates used: ood, khat
     weighted: tuple | None = None
 
@@ -79,7 +79,9 @@ class WorkflowResult:
                     times[t_name] = times.get(t_name, 0.0) + float(t)
                     counts[t_name] = rep["num_datasets"]
                 for rung, t in info.get("rung_time_s", {}).items():
-                    rung_times[rung] = rung_times.get(rung, 0.0) + float(t)
+                    # rungs of the "mcmc" stage by name; of any other ladder stage as "<stage>:<rung>"
+                    r = rung if name == "mcmc" else f"{name}:{rung}"
+                    rung_times[r] = rung_times.get(r, 0.0) + float(t)
                 for rung, c in info.get("rung_accepted", {}).items():
                     counts[f"{name}:{rung}"] = counts.get(f"{name}:{rung}", 0) + int(c)
                 thresholds.update(info.get("thresholds", {}))
@@ -210,9 +212,10 @@ class WorkflowResult:
             lines.append(f"  {'training':<22} {training_time_s:8.1f} s{training_note}")
         for k, v in self.stage_time_s.items():
             lines.append(f"  {k:<22} {v:8.1f} s  ({self.stage_counts.get(k, 0)} datasets)")
-            if k == "mcmc":
-                for st, t in self.mcmc_stage_time_s.items():
-                    lines.append(f"    {st:<20} {t:8.1f} s  ({self.stage_counts.get('mcmc:' + st, 0)} accepted)")
+            for st, t in self.mcmc_stage_time_s.items():
+                stage, _, rung = st.rpartition(":")
+                if (stage or "mcmc") == k:
+                    lines.append(f"    {rung:<20} {t:8.1f} s  ({self.stage_counts.get(f'{k}:{rung}', 0)} accepted)")
         lines.append(f"  {'total (workflow)':<22} {self.total_time_s:8.1f} s")
         if training_time_s is not None:
             lines.append(f"  {'total (with training)':<22} {self.total_time_s + training_time_s:8.1f} s")
