@@ -444,6 +444,13 @@ def _section_spatial(d: dict) -> list[str]:
         lines += ["_Quick mode: small bank, short training, few fields — indicative only._", ""]
     m = d.get("methods") or {}
     rev = d.get("review_table_x100") or {}
+    ran = st.get("methods")
+    missing = [k for k in ("nbe", "npe", "workflow", "nle", "nre") if ran is not None and k not in ran]
+    if missing or not st.get("num_mcmc"):
+        lines += ["_Partial run: " + "; ".join(
+            ([f"not run: {', '.join(missing)} (`--methods`)"] if missing else [])
+            + ([] if st.get("num_mcmc") else ["no exact-likelihood batched NUTS subset (`--num-mcmc 0`)"]))
+            + "._", ""]
     rows = []
     for key, review in (("exact", "MCMC"), ("mcmc_batched", "MCMC"), ("nbe", "NBE"), ("npe", "NPE"),
                         ("npe_workflow", "NPE"), ("nle", None), ("nre", "NRE")):
