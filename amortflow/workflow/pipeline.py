@@ -129,20 +129,15 @@ def restrict(stage: Stage, select: Callable[[StageInput], np.ndarray], *, name: 
         def grow_all(d):
             return {k: grow(v) for k, v in d.items()}
 
-        weighted = None if res.weighted is None else tuple(
-            _fill_rows(grow(a), rows, fill) for a, fill in zip(res.weighted, (np.nan, -np.inf)))
-        return StageResult(route, reason, draws=None if res.draws is None else _fill_rows(grow(res.draws), rows, np.nan),
+        weighted = None
+        if res.weighted is not None:  # unselected rows: NaN draws of weight zero
+            weighted = (grow(res.weighted[0]), grow(res.weighted[1]))
+            weighted[1][~rows] = -np.inf
+        return StageResult(route, reason, draws=None if res.draws is None else grow(res.draws),
                            diagnostics=grow_all(res.diagnostics), cost=grow_all(res.cost), carry=grow_all(res.carry),
                            info=res.info, weighted=weighted)
 
     return dataclasses.replace(stage, name=name or stage.name, run=run)
-
-
-def _fill_rows(a: np.ndarray, rows: np.ndarray, fill) -> np.ndarray:
-    """``a`` with the rows not in ``rows`` set to ``fill`` (float arrays: draws, log weights)."""
-    a = np.asarray(a, np.float32)
-    a[~rows] = fill
-    return a
 
 
 # ----------------------------------------------------------------------------- the record
