@@ -20,6 +20,7 @@ import numpy as np
 
 from amortflow.errors import ConfigError
 from amortflow.models.base import Model
+from amortflow.models.symmetry import augment_batch
 
 #: above this fraction of non-finite simulations the simulator or the prior is broken
 MAX_NONFINITE_FRACTION = 0.1
@@ -248,7 +249,8 @@ def training_data(key_bank, key_val, model: Model, *, num_simulations: int | Non
     pilot bank). ``sampler`` is the model simulated from (default ``model``; a widened training
     prior in :func:`~amortflow.fit_posterior`); a supplied bank is checked against ``model``.
     Online, each step draws extra rows when the pilot had non-finite simulations, so that a batch
-    of finite ones remains (a bank drops them). Raises ConfigError naming a bad setting."""
+    of finite ones remains (a bank drops them). A bank's batches are transformed by the model's
+    ``symmetry``, when it declares one. Raises ConfigError naming a bad setting."""
     if bank is None and num_simulations is not None:
         _check_count(owner, "num_simulations", num_simulations, 512)
     _check_count(owner, "num_validation", num_validation, 1)
@@ -268,9 +270,14 @@ def training_data(key_bank, key_val, model: Model, *, num_simulations: int | Non
         n_val = num_validation or max(256, len(theta_bank) // 10)
         data, val = split_bank(key_val, theta_bank, y_bank, n_val)
 
+        symmetry = model.symmetry
+
         def batch_fn(d, k):
             idx = jax.random.randint(k, (batch_size,), 0, d[0].shape[0])
-            return d[0][idx], d[1][idx]
+            ys = d[1][idx]
+            # a fixed bank is seen many times: a fresh symmetric copy each time keeps a large
+            # summary network from memorising it (amortflow.models.symmetry)
+            return d[0][idx], ys if symmetry is None else augment_batch(symmetry, jax.random.fold_in(k, 1), ys)
 
         return TrainingData(data, val, (np.asarray(data[0]), np.asarray(data[1])), batch_fn,
                             int(len(theta_bank)), int(n_val), h.hexdigest())

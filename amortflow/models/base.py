@@ -49,6 +49,9 @@ class Model:
       design_shape: ``None`` (no per-dataset design data), or a pytree of shapes of ONE
         dataset's design (e.g. ``{"trials": (9,)}``); then the likelihood and the simulator take
         the design as a third argument and it rides in :class:`Observation`.
+      symmetry: ``None``, or a :class:`~amortflow.models.symmetry.Symmetry` of the observations
+        (``p(g(y) | theta) = p(y | theta)``): estimators trained on a fixed simulation bank
+        augment every training batch with it.
     """
 
     name: str
@@ -62,6 +65,7 @@ class Model:
     constrain_fn: Callable[[Array], dict]
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     design_shape: Any = None
+    symmetry: Any = None
 
     @property
     def uses_design(self) -> bool:
@@ -173,6 +177,8 @@ class Model:
 
         h = hashlib.sha256(repr((self.name, self.param_names, self.obs_shape, self.obs_kind,
                                  self.design_shape)).encode())
+        if self.symmetry is not None:  # kept out of the hash otherwise: old fingerprints stay valid
+            h.update(f"symmetry={self.symmetry.name}".encode())
 
         def probe(key):
             theta = self.sample_prior(key, 4)
@@ -327,6 +333,7 @@ def make_model(
     obs_kind: str | None = None,
     info: Mapping[str, Any] | None = None,
     design_shape: Any = None,
+    symmetry: Any = None,
 ) -> Model:
     """Build a :class:`Model` from plain JAX functions (all in unconstrained space).
 
@@ -343,8 +350,12 @@ def make_model(
         ``"grid"`` for more dimensions.
       design_shape: pytree of shapes of one dataset's design data, or ``None``; with it,
         ``simulate(key, theta, design)`` and ``log_likelihood(theta, y, design)`` take it.
+      symmetry: a :class:`~amortflow.models.symmetry.Symmetry` of the observations (see
+        :mod:`amortflow.models.symmetry`), checked here on simulated data; not with
+        ``design_shape`` (a transformation of ``y`` alone need not preserve a design's meaning).
     Raises:
-      ValueError: if ``sample_prior`` does not return ``[n, len(param_names)]``.
+      ValueError: if ``sample_prior`` does not return ``[n, len(param_names)]``, or ``symmetry``
+        changes the log likelihood of simulated data.
     """
     param_names = tuple(param_names)
     obs_shape = tuple(int(s) for s in obs_shape)
@@ -355,13 +366,20 @@ def make_model(
         def constrain(theta):
             return {n: theta[i] for i, n in enumerate(param_names)}
 
+    if symmetry is not None and design_shape is not None:
+        raise ValueError(f"make_model({name!r}): a symmetry acts on the observation alone and cannot be "
+                         "declared for a model with per-dataset design data")
     model = Model(name, param_names, obs_shape, obs_kind or "vector", sample_prior, simulate, log_prior,
-                  log_likelihood, constrain, dict(info or {}), design_shape)
+                  log_likelihood, constrain, dict(info or {}), design_shape, symmetry)
     probe = jax.eval_shape(lambda k: model.sample_prior(k, 2), jax.random.PRNGKey(0))
     if tuple(probe.shape) != (2, len(param_names)):
         raise ValueError(
             f"make_model({name!r}): sample_prior(key, n) must return [n, {len(param_names)}] "
             f"(one column per name in param_names={param_names}), got {tuple(probe.shape)} for n=2")
+    if symmetry is not None:
+        from amortflow.models.symmetry import check_symmetry
+
+        check_symmetry(name, symmetry, sample_prior, simulate, log_likelihood)
     if obs_kind is None:
         model = dataclasses.replace(model, obs_kind=infer_obs_kind(model))
     return model

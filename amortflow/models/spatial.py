@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from amortflow.models.base import Model, make_model
+from amortflow.models.symmetry import chain, dihedral, sign_flip
 from amortflow.models.transforms import interval_forward, interval_inverse
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
@@ -108,6 +109,9 @@ def spatial_gp(grid_size: int = 16, ell_max: float = 0.6, jitter: float = 1e-5) 
         log_likelihood=log_likelihood,
         constrain=constrain,
         info={"grid_size": n, "ell_max": hi, "jitter": float(jitter)},
+        # isotropic covariance on a square grid, zero mean: the 8 grid symmetries and y -> -y
+        # leave every field's likelihood unchanged (training banks are augmented with them)
+        symmetry=chain(dihedral(), sign_flip()),
     )
 
 
