@@ -2,6 +2,7 @@
 from amortflow.models.base import Model, ObservationError, make_model
 from amortflow.models.gaussian import gaussian_mean, gaussian_mean_posterior
 from amortflow.models.gev import gev
+from amortflow.models.glm import bernoulli_glm, glm_summary_spec
 from amortflow.models.misspecified import MisspecifiedNormal, misspecified_normal
 from amortflow.models.numpyro_bridge import NumpyroModelError, from_numpyro
 from amortflow.models.observation import Observation, observe
@@ -10,5 +11,5 @@ from amortflow.models.spatial import spatial_gp, spatial_gp_grid_posterior
 __all__ = [
     "Model", "ObservationError", "make_model", "from_numpyro", "gev", "gaussian_mean",
     "gaussian_mean_posterior", "misspecified_normal", "MisspecifiedNormal", "Observation", "observe", "NumpyroModelError",
-    "spatial_gp", "spatial_gp_grid_posterior",
+    "spatial_gp", "spatial_gp_grid_posterior", "bernoulli_glm", "glm_summary_spec",
 ]

@@ -6,6 +6,7 @@ from amortflow.nets.specs import (
     DeepSetSpec,
     FlowSpec,
     IdentitySummarySpec,
+    LinearSummarySpec,
     MLPSummarySpec,
     RecurrentSummarySpec,
     SetTransformerSpec,
@@ -18,5 +19,5 @@ from amortflow.nets.summary import build_summary, default_summary_spec, sinusoid
 __all__ = [
     "ConditionalFlow", "std_normal_logpdf", "MLP", "DeepSetSpec", "FlowSpec", "IdentitySummarySpec",
     "MLPSummarySpec", "SortedSetSpec", "spec_from_dict", "spec_to_dict", "build_summary", "default_summary_spec",
-    "CNNSummarySpec", "SetTransformerSpec", "RecurrentSummarySpec", "sinusoidal_positions",
+    "CNNSummarySpec", "LinearSummarySpec", "SetTransformerSpec", "RecurrentSummarySpec", "sinusoidal_positions",
 ]

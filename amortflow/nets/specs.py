@@ -60,6 +60,36 @@ class IdentitySummarySpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class LinearSummarySpec:
+    """A FIXED (untrained) linear map of the flattened observation: ``s = matrix @ y`` with
+    ``matrix [r, m]`` (``m`` = observation size) -- known sufficient statistics, e.g. ``X^T y``
+    of a GLM with design matrix ``X``. Stored in the spec (so in estimator.json), checked finite
+    and rectangular; the estimator sees the model's standardized observation, an affine map of
+    ``y``, so the statistics stay sufficient."""
+
+    matrix: tuple = ()
+    kind: str = "linear"
+
+    def __post_init__(self):
+        rows = self.matrix
+        width = len(rows[0]) if rows and isinstance(rows[0], (list, tuple)) else 0
+        if not rows or width == 0 or any(not isinstance(r, (list, tuple)) or len(r) != width for r in rows):
+            raise ValueError("LinearSummarySpec.matrix must be a non-empty rectangular [r, m] nested tuple of numbers")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for r in rows for v in r):
+            raise ValueError("LinearSummarySpec.matrix must hold finite numbers")
+
+    @classmethod
+    def from_array(cls, matrix) -> "LinearSummarySpec":
+        """From an array-like ``[r, m]`` (float32 values, as the network computes)."""
+        import numpy as np
+
+        a = np.asarray(matrix, np.float32)
+        if a.ndim != 2:
+            raise ValueError(f"LinearSummarySpec.from_array: matrix must be [r, m], got shape {a.shape}")
+        return cls(tuple(tuple(float(v) for v in row) for row in a))
+
+
+@dataclasses.dataclass(frozen=True)
 class CNNSummarySpec:
     """Convolutional summary of a field on a grid ``[H, W]`` (one channel) or ``[H, W, C]``.
 
@@ -154,7 +184,7 @@ class FlowSpec:
 
 
 _SPECS = {cls.__dataclass_fields__["kind"].default: cls for cls in
-          (DeepSetSpec, SortedSetSpec, MLPSummarySpec, IdentitySummarySpec, CNNSummarySpec,
+          (DeepSetSpec, SortedSetSpec, MLPSummarySpec, IdentitySummarySpec, LinearSummarySpec, CNNSummarySpec,
            SetTransformerSpec, RecurrentSummarySpec, FlowSpec)}
 
 

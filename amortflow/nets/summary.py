@@ -11,6 +11,7 @@ from amortflow.nets.specs import (
     CNNSummarySpec,
     DeepSetSpec,
     IdentitySummarySpec,
+    LinearSummarySpec,
     MLPSummarySpec,
     RecurrentSummarySpec,
     SetTransformerSpec,
@@ -81,6 +82,22 @@ class IdentitySummary(nn.Module):
 
     def __call__(self, y):
         return y.reshape(y.shape[: y.ndim - self.obs_ndim] + (-1,))
+
+
+class LinearSummary(nn.Module):
+    """``[..., *obs] -> [..., r]``: the spec's fixed matrix times the flattened observation."""
+
+    spec: LinearSummarySpec
+    obs_ndim: int
+    obs_shape: tuple[int, ...] | None = None
+
+    def __call__(self, y):
+        w = jnp.asarray(self.spec.matrix, jnp.float32)
+        flat = y.reshape(y.shape[: y.ndim - self.obs_ndim] + (-1,))
+        if flat.shape[-1] != w.shape[1]:
+            raise ValueError(f"LinearSummarySpec: the matrix is [{w.shape[0]}, {w.shape[1]}] but one observation "
+                             f"has {flat.shape[-1]} values (shape {tuple(y.shape[y.ndim - self.obs_ndim:])})")
+        return flat @ w.T
 
 
 def _check_obs(y, obs_ndim: int, obs_shape, expected: str, what: str):
@@ -260,7 +277,7 @@ def build_summary(spec, obs_ndim: int, obs_shape: tuple[int, ...] | None = None)
         the network does not take (e.g. a vector ``[n]`` for the CNN).
     """
     cls = {"deepset": DeepSet, "sorted_mlp": SortedSetSummary, "mlp": MLPSummary,
-           "identity": IdentitySummary, "cnn": CNNSummary, "set_transformer": SetTransformerSummary,
+           "identity": IdentitySummary, "linear": LinearSummary, "cnn": CNNSummary, "set_transformer": SetTransformerSummary,
            "gru": RecurrentSummary}.get(getattr(spec, "kind", None))
     if cls is None:
         raise ValueError(f"{spec!r} is not a summary network spec")
@@ -268,6 +285,11 @@ def build_summary(spec, obs_ndim: int, obs_shape: tuple[int, ...] | None = None)
         obs_shape = tuple(int(s) for s in obs_shape)
         if len(obs_shape) != obs_ndim:
             raise ValueError(f"obs_shape {obs_shape} has {len(obs_shape)} axes but obs_ndim is {obs_ndim}")
+    if spec.kind == "linear":
+        if obs_shape is not None and math.prod(obs_shape) != len(spec.matrix[0]):
+            raise ValueError(f"LinearSummarySpec: the matrix has {len(spec.matrix[0])} columns but one observation "
+                             f"{obs_shape} has {math.prod(obs_shape)} values")
+        return cls(spec=spec, obs_ndim=obs_ndim, obs_shape=obs_shape)
     if spec.kind in _NEEDS_NDIM:
         ndims, expected = _NEEDS_NDIM[spec.kind]
         if obs_ndim not in ndims:
