@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import numpyro_nuts_per_dataset, write_result  # noqa: E402
+from _common import batched_nuts, numpyro_nuts_per_dataset, write_result  # noqa: E402
 from bench_gbi import judge_pairs, workflow_ess  # noqa: E402
 
 import amortflow as af  # noqa: E402
@@ -124,22 +124,6 @@ def judge_fields(key, draws_theta, ess_draws, ref_theta):
     return judge_pairs(key, np.asarray(draws_theta, np.float32), np.asarray(ess_draws, np.float64), ref)
 
 
-# ----------------------------------------------------------------------------- MCMC
-def batched_nuts(key, model, ys, num_warmup=500, num_samples=500):
-    """amortflow batched NUTS on the exact likelihood: ``(ell draws [K, 4 * num_samples], stats, wall)``."""
-    cfg = mcmc.nuts.auto(num_chains=4, num_warmup=num_warmup, num_samples=num_samples)
-    t0 = time.perf_counter()
-    obs = af.observe(np.asarray(ys, np.float32))
-    k = len(ys)
-    cand = jax.vmap(lambda kk: model.sample_prior(kk, 64))(jax.random.split(jax.random.fold_in(key, 0), k))
-    ll = jax.vmap(lambda th, y: jax.vmap(lambda t: model.log_likelihood(t, y))(th))(cand, jnp.asarray(ys))
-    init, _ = mcmc.initialize_positions(jax.random.fold_in(key, 1), model, obs, cand, ll, cfg.num_chains)
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, 2), i))(jnp.arange(k))
-    res = mcmc.run_sampler_keys(keys, model, obs, init, cfg, layout=mcmc.Layout(bucket_size=k))
-    draws = np.asarray(jax.block_until_ready(res.draws))
-    return draws[..., 0], res, time.perf_counter() - t0
-
-
 # ----------------------------------------------------------------------------- main
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -196,6 +180,7 @@ def main():
     # -- MCMC on the exact likelihood: amortflow batched NUTS on a subset, numpyro per field
     if n_mcmc:
         d_mc, res_mc, t_mc = batched_nuts(k_mc, model, ys[:n_mcmc])
+        d_mc = d_mc[..., 0]
         acc = judge_fields(k_acc, to_theta(d_mc)[..., None], np.nanmin(np.asarray(res_mc.ess_bulk), 1), ref_theta[:n_mcmc])
         methods["mcmc_batched"] = {
             "label": f"amortflow batched NUTS, exact likelihood, 4 x (500 + 500), first {n_mcmc} fields",
