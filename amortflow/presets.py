@@ -38,3 +38,21 @@ def gev_preset(quick: bool = False) -> NPEPreset:
         # a Monte Carlo error of at most 0.1 posterior sd) or goes on to refinement and MCMC
         workflow=WorkflowConfig(),
     )
+
+
+def bernoulli_glm_preset(model=None, quick: bool = False) -> NPEPreset:
+    """Bernoulli GLM (100 bins, 10 parameters): the network sees the 10 sufficient statistics
+    ``X^T y`` (a fixed linear summary), trained on online simulation (simulating 100 bins is
+    cheaper than a bank's memory traffic); the workflow's defaults. ``model``: the
+    :func:`~amortflow.models.bernoulli_glm` the summary is built for (default: the built-in one)."""
+    from amortflow.models.glm import bernoulli_glm, glm_summary_spec
+
+    model = model if model is not None else bernoulli_glm()
+    return NPEPreset(
+        summary=glm_summary_spec(model),
+        flow=FlowSpec(num_layers=6, hidden=(128, 128), num_bins=8, bound=5.0),
+        train=TrainConfig(num_steps=400 if quick else 3000, batch_size=256, learning_rate=1e-3,
+                          steps_per_call=100 if quick else 250),
+        num_simulations=None,
+        workflow=WorkflowConfig(),
+    )
