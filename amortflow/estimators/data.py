@@ -72,23 +72,30 @@ def fit_standardization(theta: np.ndarray, ys: np.ndarray, obs_kind: str) -> Sta
 def simulate_bank(key, model: Model, num_simulations: int, *, chunk: int = 4096, progress: bool = True):
     """Simulate ``(theta [N, d], ys [N, *obs_shape])`` from the prior predictive, in compiled
     chunks, dropping simulations with non-finite output (``N`` may be below
-    ``num_simulations``; a warning names how many were dropped).
+    ``num_simulations``; a warning names how many were dropped). A model with design data
+    gives ``(theta, ys, design [N, design_dim])``: designs from its
+    :attr:`~amortflow.models.Model.design_sampler`, flattened as the networks see them.
 
     Raises:
       ValueError: if more than 10% of the simulations are non-finite.
     """
     from tqdm.auto import tqdm
 
-    sim = jax.jit(model.sample_prior_predictive, static_argnums=1)
-    thetas, ys = [], []
+    from amortflow.models.observation import flat_design
+
+    def draw(k, n):
+        theta, y, design = model.sample_joint(k, n)
+        return (theta, y) if design is None else (theta, y, flat_design(design, n))
+
+    sim = jax.jit(draw, static_argnums=1)
+    parts = []
     n_chunks = -(-num_simulations // chunk)
     for i in tqdm(range(n_chunks), desc="simulating", disable=not progress or n_chunks < 2, leave=False):
-        th, y = sim(jax.random.fold_in(key, i), chunk)
-        thetas.append(np.asarray(th))
-        ys.append(np.asarray(y))
-    theta = np.concatenate(thetas)[:num_simulations]
-    y = np.concatenate(ys)[:num_simulations]
-    ok = np.isfinite(y.reshape(len(y), -1)).all(1) & np.isfinite(theta).all(1)
+        parts.append([np.asarray(a) for a in sim(jax.random.fold_in(key, i), chunk)])
+    arrays = [np.concatenate(col)[:num_simulations] for col in zip(*parts)]
+    ok = np.ones(len(arrays[0]), bool)
+    for a in arrays:
+        ok &= np.isfinite(a.reshape(len(a), -1)).all(1)
     n_bad = int((~ok).sum())
     if ok.mean() < 1 - MAX_NONFINITE_FRACTION:
         raise ValueError(
@@ -101,28 +108,29 @@ def simulate_bank(key, model: Model, num_simulations: int, *, chunk: int = 4096,
             f"{model.name}: dropped {n_bad} of {len(ok)} simulations ({n_bad / len(ok):.1%}) "
             "with NaN/inf output", stacklevel=2,
         )
-    return theta[ok], y[ok]
+    return tuple(a[ok] for a in arrays)
 
 
-def split_bank(key, theta, ys, num_validation: int):
-    """Random training / validation split of a bank ``theta [N, d]``, ``ys [N, *obs_shape]``.
+def split_bank(key, theta, ys, num_validation: int, *extra):
+    """Random training / validation split of a bank ``theta [N, d]``, ``ys [N, *obs_shape]``
+    (and any ``extra [N, ...]`` arrays, e.g. flattened designs, split alike).
 
     Returns:
-      ``((theta_train, ys_train), (theta_val, ys_val))`` as device arrays, ``num_validation``
-      rows held out.
+      ``((theta_train, ys_train, *extra_train), (theta_val, ys_val, *extra_val))`` as device
+      arrays, ``num_validation`` rows held out.
     Raises:
       ValueError: if ``num_validation`` leaves no training simulations.
     """
     n = len(theta)
-    if len(ys) != n:
-        raise ValueError(f"bank has {n} parameter rows but {len(ys)} datasets")
+    if len(ys) != n or any(len(e) != n for e in extra):
+        raise ValueError(f"bank has {n} parameter rows but {len(ys)} datasets"
+                         + "".join(f" and {len(e)} design rows" for e in extra))
     if num_validation >= n:
         raise ValueError(f"num_validation={num_validation} leaves no training simulations out of {n}")
     perm = np.asarray(jax.random.permutation(key, n))
     val_idx, tr_idx = perm[:num_validation], perm[num_validation:]
-    train = (jnp.asarray(theta[tr_idx]), jnp.asarray(ys[tr_idx]))
-    val = (jnp.asarray(theta[val_idx]), jnp.asarray(ys[val_idx]))
-    return train, val
+    arrays = (theta, ys) + tuple(extra)
+    return tuple(jnp.asarray(a[tr_idx]) for a in arrays), tuple(jnp.asarray(a[val_idx]) for a in arrays)
 
 
 # ------------------------------------------------------------------ defensive training priors
@@ -204,19 +212,25 @@ def widen_prior(model: Model, widened: WidenedPrior) -> Model:
                                prior_sampler=sample_prior, log_prior_fn=log_prior, info=info)
 
 
-def finite_rows(theta, ys, num: int):
-    """``num`` rows of a simulated batch ``theta [M, d]``, ``ys [M, *obs_shape]`` whose values
-    are all finite (finite rows first, repeated cyclically if fewer than ``num``; traceable).
-    Online training draws ``M > num`` when the pilot simulations had non-finite outputs, as a
-    simulation bank drops them."""
-    ok = jnp.isfinite(ys.reshape(ys.shape[0], -1)).all(1) & jnp.isfinite(theta).all(1)
+def finite_rows(theta, ys, num: int, *extra):
+    """``num`` rows of a simulated batch ``theta [M, d]``, ``ys [M, *obs_shape]`` (and
+    ``extra [M, ...]``) whose values are all finite (finite rows first, repeated cyclically if
+    fewer than ``num``; traceable). Online training draws ``M > num`` when the pilot simulations
+    had non-finite outputs, as a simulation bank drops them."""
+    arrays = (theta, ys) + tuple(extra)
+    ok = jnp.ones(theta.shape[0], bool)
+    for a in arrays:
+        ok &= jnp.isfinite(a.reshape(a.shape[0], -1)).all(1)
     order = jnp.argsort(~ok, stable=True)
     idx = order[jnp.arange(num) % jnp.maximum(ok.sum(), 1)]
-    return theta[idx], ys[idx]
+    return tuple(a[idx] for a in arrays)
 
 
 class TrainingData(NamedTuple):
     """What :func:`~amortflow.estimators.training.train` needs, for every simulation-based estimator.
+
+    For a model with design data every tuple below has a third entry, the flattened designs
+    ``[., design_dim]`` (:func:`~amortflow.models.observation.flat_design`).
 
     data: the training bank ``(theta [N, d], ys [N, *obs_shape])`` or ``None`` (online).
     val: fixed validation pairs ``(theta [V, d], ys [V, *obs_shape])``.
@@ -240,6 +254,35 @@ def _check_count(owner: str, name: str, v, lo: int):
         raise ConfigError(f"{owner}: {name} must be a whole number >= {lo}, got {v!r}")
 
 
+def _supplied_bank(model: Model, bank, owner: str) -> tuple:
+    """A user's bank as float32 numpy arrays ``(theta, ys)`` or, for a model with design data,
+    ``(theta, ys, design [N, design_dim])``; checked against the model."""
+    from amortflow.models.observation import flat_design
+
+    if model.uses_design != (len(bank) == 3):
+        raise ConfigError(f"{owner}: model {model.name!r} " + (
+            "takes per-dataset design data: pass bank=(theta, ys, design) with the design of every "
+            "simulation (leading N axis)" if model.uses_design else "takes no design data: pass bank=(theta, ys)"))
+    theta_bank, y_bank = np.asarray(bank[0], np.float32), np.asarray(bank[1], np.float32)
+    model.check_observations(y_bank)
+    model.check_theta(theta_bank)
+    if not model.uses_design:
+        return theta_bank, y_bank
+    n = len(theta_bank)
+    shapes = jax.tree.map(lambda a: tuple(np.shape(a))[1:], bank[2])
+    lead = {np.shape(a)[0] if np.ndim(a) else None for a in jax.tree.leaves(bank[2])}
+    if jax.tree.structure(shapes, is_leaf=lambda s: isinstance(s, tuple)) != jax.tree.structure(
+            model.design_shape, is_leaf=lambda s: isinstance(s, tuple)) or lead != {n} or \
+            jax.tree.leaves(shapes, is_leaf=lambda s: isinstance(s, tuple)) != \
+            jax.tree.leaves(model.design_shape, is_leaf=lambda s: isinstance(s, tuple)):
+        raise ConfigError(f"{owner}: the bank's designs must have the model's design shapes {model.design_shape} "
+                          f"with a leading axis of {n} (one per simulation)")
+    design = np.asarray(flat_design(bank[2], n), np.float32)
+    if not np.isfinite(design).all():
+        raise ConfigError(f"{owner}: the bank's designs contain NaN or infinite values")
+    return theta_bank, y_bank, design
+
+
 def training_data(key_bank, key_val, model: Model, *, num_simulations: int | None, bank,
                   num_validation: int | None, batch_size: int, owner: str, sampler: Model | None = None,
                   progress: bool = True) -> TrainingData:
@@ -250,25 +293,31 @@ def training_data(key_bank, key_val, model: Model, *, num_simulations: int | Non
     prior in :func:`~amortflow.fit_posterior`); a supplied bank is checked against ``model``.
     Online, each step draws extra rows when the pilot had non-finite simulations, so that a batch
     of finite ones remains (a bank drops them). A bank's batches are transformed by the model's
-    ``symmetry``, when it declares one. Raises ConfigError naming a bad setting."""
+    ``symmetry``, when it declares one. A model with design data draws designs from its
+    ``design_sampler`` (a supplied bank brings its own: ``(theta, ys, design)``).
+    Raises ConfigError naming a bad setting."""
+    from amortflow.models.observation import flat_design
+
     if bank is None and num_simulations is not None:
         _check_count(owner, "num_simulations", num_simulations, 512)
     _check_count(owner, "num_validation", num_validation, 1)
     sampler = model if sampler is None else sampler
+    if model.uses_design and bank is None and sampler.design_sampler is None:
+        raise ConfigError(f"{owner}: model {model.name!r} takes per-dataset design data but has no design "
+                          "sampler: give the designs to train over with model.with_design_sampler(fn), "
+                          "or pass bank=(theta, ys, design)")
     if bank is not None:
-        theta_bank, y_bank = np.asarray(bank[0], np.float32), np.asarray(bank[1], np.float32)
-        model.check_observations(y_bank)
-        model.check_theta(theta_bank)
+        arrays = _supplied_bank(model, bank, owner)
     elif num_simulations is not None:
-        theta_bank, y_bank = simulate_bank(key_bank, sampler, int(num_simulations), progress=progress)
+        arrays = simulate_bank(key_bank, sampler, int(num_simulations), progress=progress)
     else:
-        theta_bank = y_bank = None
+        arrays = None
     h = hashlib.sha256()
-    for a in (theta_bank, y_bank):
+    for a in (arrays or (None, None)):
         h.update(b"online" if a is None else np.ascontiguousarray(a).tobytes())
-    if theta_bank is not None:
-        n_val = num_validation or max(256, len(theta_bank) // 10)
-        data, val = split_bank(key_val, theta_bank, y_bank, n_val)
+    if arrays is not None:
+        n_val = num_validation or max(256, len(arrays[0]) // 10)
+        data, val = split_bank(key_val, arrays[0], arrays[1], n_val, *arrays[2:])
 
         symmetry = model.symmetry
 
@@ -277,20 +326,22 @@ def training_data(key_bank, key_val, model: Model, *, num_simulations: int | Non
             ys = d[1][idx]
             # a fixed bank is seen many times: a fresh symmetric copy each time keeps a large
             # summary network from memorising it (amortflow.models.symmetry)
-            return d[0][idx], ys if symmetry is None else augment_batch(symmetry, jax.random.fold_in(k, 1), ys)
+            ys = ys if symmetry is None else augment_batch(symmetry, jax.random.fold_in(k, 1), ys)
+            return (d[0][idx], ys) + tuple(e[idx] for e in d[2:])
 
-        return TrainingData(data, val, (np.asarray(data[0]), np.asarray(data[1])), batch_fn,
-                            int(len(theta_bank)), int(n_val), h.hexdigest())
+        return TrainingData(data, val, tuple(np.asarray(a) for a in data), batch_fn,
+                            int(len(arrays[0])), int(n_val), h.hexdigest())
     n_val = num_validation or 2048
     n_pilot = max(n_val, 4096)
     pilot = simulate_bank(key_val, sampler, n_pilot, progress=False)
-    val = (jnp.asarray(pilot[0][:n_val]), jnp.asarray(pilot[1][:n_val]))
+    val = tuple(jnp.asarray(a[:n_val]) for a in pilot)
     bad_fraction = 1.0 - len(pilot[0]) / n_pilot
     n_draw = batch_size if bad_fraction == 0 else int(math.ceil(batch_size * (1 + 2 * bad_fraction) + 16))
 
     def batch_fn(d, k):
-        theta, ys = sampler.sample_prior_predictive(k, n_draw)
-        return (theta, ys) if n_draw == batch_size else finite_rows(theta, ys, batch_size)
+        theta, ys, design = sampler.sample_joint(k, n_draw)
+        out = (theta, ys) if design is None else (theta, ys, flat_design(design, n_draw))
+        return out if n_draw == batch_size else finite_rows(*out[:2], batch_size, *out[2:])
 
     return TrainingData(None, val, pilot, batch_fn, None, int(n_val), h.hexdigest())
 

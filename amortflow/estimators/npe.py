@@ -30,7 +30,7 @@ from amortflow.estimators.tempered import Tempering, check_beta_range, make_temp
 from amortflow.estimators.training import TrainConfig, TrainResult, train
 from amortflow.errors import ConfigError
 from amortflow.models.base import Model, ObservationError, check_observation_batch
-from amortflow.models.observation import Observation
+from amortflow.models.observation import Observation, flat_design
 from amortflow.nets.flows import ConditionalFlow
 from amortflow.nets.specs import FlowSpec, spec_from_dict, spec_to_dict
 from amortflow.nets.summary import build_summary, default_summary_spec
@@ -42,7 +42,9 @@ class NPESpec:
 
     The flow's context is the learned summary followed by ``num_conditions`` extra scalars
     (``log beta`` for a generalized-Bayes estimator, unless ``conditions=`` are passed) and then
-    ``design_dim`` values: the flattened leaves of the observation's design data.
+    ``design_dim`` values: the flattened leaves of the observation's design data, standardized
+    by ``design_loc`` / ``design_scale`` (``design_dim`` floats each, fitted on the training
+    designs; ``None``: used as they are).
     ``beta_range``: for a generalized-Bayes estimator, the ``(low, high)`` temperatures it was
     trained on (others are refused, see :class:`~amortflow.estimators.tempered.Tempering`).
     """
@@ -55,6 +57,8 @@ class NPESpec:
     num_conditions: int = 0
     design_dim: int = 0
     beta_range: tuple[float, float] | None = None
+    design_loc: tuple[float, ...] | None = None
+    design_scale: tuple[float, ...] | None = None
 
     @property
     def num_extra(self) -> int:
@@ -96,6 +100,22 @@ def sample_from_context(spec: NPESpec, params, std: Standardization, key, ctx, n
     x, lq = spec.flow_net.apply(params["flow"], eps, ctx[None, :], method="sample_and_log_prob")
     theta = x * std.theta_scale + std.theta_loc
     return theta, lq - jnp.sum(jnp.log(std.theta_scale))
+
+
+def design_inputs(spec: NPESpec, flat):
+    """Flattened designs ``[..., design_dim]`` as the network sees them (standardized by the spec)."""
+    if spec.design_loc is None:
+        return flat
+    return (flat - jnp.asarray(spec.design_loc, jnp.float32)) / jnp.asarray(spec.design_scale, jnp.float32)
+
+
+def fit_design_standardization(flat: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(loc, scale)`` per design value from training designs ``[N, design_dim]``: mean and
+    standard deviation (1 where a value never varies)."""
+    flat = np.asarray(flat, np.float64)
+    sd = flat.std(axis=0)
+    return (tuple(float(v) for v in flat.mean(axis=0)),
+            tuple(float(v) for v in np.where(sd > 1e-8 * (1 + np.abs(flat.mean(axis=0))), sd, 1.0)))
 
 
 def npe_loss(spec: NPESpec, params, std: Standardization, batch, key=None):
@@ -230,12 +250,13 @@ def _extra_inputs(spec: NPESpec, k: int, beta, design, conditions, extrapolate: 
         if design is None:
             raise ValueError(f"this estimator takes {spec.design_dim} design values per dataset; "
                              "pass an Observation with design=...")
-        flat = jnp.concatenate([jnp.reshape(jnp.asarray(a, jnp.float32), (k, -1))
-                                for a in jax.tree.leaves(design)], axis=1)
+        flat = flat_design(design, k)
         if flat.shape[1] != spec.design_dim:
             raise ValueError(f"design data has {flat.shape[1]} values per dataset, the estimator "
                              f"was built for design_dim={spec.design_dim}")
-        cols.append(flat)
+        if is_concrete(flat) and not np.isfinite(np.asarray(flat)).all():
+            raise ValueError("design data contain NaN or infinite values")
+        cols.append(design_inputs(spec, flat))
     if not cols:
         return None
     return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=1)
@@ -374,6 +395,8 @@ class PosteriorEstimator(ckpt.Checkpointed):
             "obs_kind": spec.obs_kind,
             "num_conditions": spec.num_conditions,
             "design_dim": spec.design_dim,
+            "design_loc": None if spec.design_loc is None else list(spec.design_loc),
+            "design_scale": None if spec.design_scale is None else list(spec.design_scale),
             "beta_range": None if spec.beta_range is None else [float(v) for v in spec.beta_range],
             "summary": spec_to_dict(spec.summary),
             "flow": spec_to_dict(spec.flow),
@@ -389,7 +412,7 @@ def fit_posterior(
     model: Model,
     *,
     num_simulations: int | None = None,
-    bank: tuple[np.ndarray, np.ndarray] | None = None,
+    bank: tuple | None = None,
     summary=None,
     flow: FlowSpec | None = None,
     train_config: TrainConfig | None = None,
@@ -411,7 +434,10 @@ def fit_posterior(
       key: PRNG key.
       model: the :class:`~amortflow.models.Model`.
       num_simulations: size of a fixed simulation bank (``>= 512``); ``None``: online simulation.
-      bank: pre-simulated ``(theta [N, d] unconstrained, ys [N, *obs_shape])``.
+      bank: pre-simulated ``(theta [N, d] unconstrained, ys [N, *obs_shape])``; for a model with
+        per-dataset design data ``(theta, ys, design)`` (design leaves with a leading ``N``).
+        Online or simulated banks of such a model draw designs from its ``design_sampler``: the
+        estimator then conditions on the design, ``q(theta | y, design)``.
       summary: summary-network spec (default:
         :func:`~amortflow.nets.default_summary_spec` for the observation kind, size and ``d``).
       flow: :class:`FlowSpec` (default: 6 spline couplings, 8 bins, widths 128).
@@ -449,6 +475,9 @@ def fit_posterior(
     if tempering is not None and training_prior is not None:
         raise ConfigError("fit_posterior: tempering and training_prior cannot be combined (the tempered "
                           "objective's weights assume prior-predictive simulations)")
+    if tempering is not None and model.uses_design:
+        raise ConfigError(f"fit_posterior: model {model.name!r} takes design data; a tempered estimator "
+                          "does not condition on designs")
     if training_prior is not None and bank is not None:
         raise ConfigError("fit_posterior: training_prior cannot apply to a supplied bank (its parameters "
                           "were already drawn); simulate the bank from widen_prior(model, ...) instead")
@@ -458,6 +487,9 @@ def fit_posterior(
                        num_validation=num_validation, batch_size=cfg.batch_size, owner="fit_posterior",
                        progress=progress)
     std = fit_standardization(td.fit[0], td.fit[1], model.obs_kind)
+    design_std = {} if not model.uses_design else dict(
+        design_dim=int(td.fit[2].shape[1]), **dict(zip(("design_loc", "design_scale"),
+                                                         fit_design_standardization(td.fit[2]))))
 
     spec = NPESpec(
         dim=model.dim,
@@ -467,11 +499,14 @@ def fit_posterior(
         flow=flow or FlowSpec(),
         num_conditions=0 if tempering is None else 1,
         beta_range=None if tempering is None else (float(tempering.low), float(tempering.high)),
+        **design_std,
     )
     params = init_params(spec, k_init)
 
     if tempering is None:
         def loss_fn(p, batch, k):
+            if spec.design_dim:  # batches carry raw flattened designs: standardize as at inference
+                batch = (batch[0], batch[1], design_inputs(spec, batch[2]))
             return npe_loss(spec, p, std, batch, k)
     else:
         loss_fn = make_tempered_loss(tempering, model, spec, std)
@@ -551,7 +586,26 @@ def _spec_from_json(s: dict, where: str) -> NPESpec:
         num_conditions=field("num_conditions", _count, "a non-negative integer", 0),
         design_dim=field("design_dim", _count, "a non-negative integer", 0),
         beta_range=_beta_range_from_json(s.get("beta_range"), where),
+        **_design_standardization_from_json(s, where),
     )
+
+
+def _design_standardization_from_json(s: dict, where: str) -> dict:
+    """``design_loc`` / ``design_scale`` of a spec: both absent/None, or ``design_dim`` finite
+    numbers each (scales positive)."""
+    loc, scale, n = s.get("design_loc"), s.get("design_scale"), s.get("design_dim", 0)
+    if loc is None and scale is None:
+        return {}
+
+    def numbers_(v, positive):
+        return (isinstance(v, list) and len(v) == n and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and (x > 0 or not positive)
+            for x in v))
+
+    if not (numbers_(loc, False) and numbers_(scale, True)):
+        raise ckpt.CheckpointError(f"{where}: fields 'spec.design_loc' / 'spec.design_scale' should be lists of "
+                                   f"{n} finite numbers (scales positive), got {loc!r} / {scale!r}")
+    return {"design_loc": tuple(float(x) for x in loc), "design_scale": tuple(float(x) for x in scale)}
 
 
 def _beta_range_from_json(v, where: str):

@@ -52,6 +52,10 @@ class Model:
       symmetry: ``None``, or a :class:`~amortflow.models.symmetry.Symmetry` of the observations
         (``p(g(y) | theta) = p(y | theta)``): estimators trained on a fixed simulation bank
         augment every training batch with it.
+      design_sampler: ``None``, or ``(key, n) -> design`` (leading ``n`` on every leaf): the
+        distribution of designs an estimator is trained over, for a model with
+        ``design_shape`` (the network then learns ``q(theta | y, design)`` for every design it
+        can draw). See :meth:`with_design_sampler`.
     """
 
     name: str
@@ -66,10 +70,37 @@ class Model:
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     design_shape: Any = None
     symmetry: Any = None
+    design_sampler: Callable[[Array, int], Any] | None = None
 
     @property
     def uses_design(self) -> bool:
         return self.design_shape is not None
+
+    def sample_design(self, key: Array, n: int) -> Any:
+        """``n`` designs from :attr:`design_sampler` (pytree, leading ``n`` on every leaf).
+
+        Raises:
+          ValueError: if the model takes no design data, or has no design sampler.
+        """
+        if self.design_shape is None:
+            raise ValueError(f"{self.name}: this model takes no design data")
+        if self.design_sampler is None:
+            raise ValueError(f"{self.name}: no design sampler: an estimator must be trained over the designs "
+                             "your datasets use; give one with model.with_design_sampler(fn), fn(key, n) "
+                             f"-> designs {self.design_shape} with a leading n axis")
+        return self.design_sampler(key, n)
+
+    def with_design_sampler(self, sampler: Callable[[Array, int], Any]) -> "Model":
+        """This model with ``sampler(key, n)`` as its training distribution of designs; its
+        output is checked against :attr:`design_shape` (structure and shapes).
+
+        Raises:
+          ValueError: naming the mismatch.
+        """
+        if self.design_shape is None:
+            raise ValueError(f"{self.name}: this model takes no design data; a design sampler has no use")
+        check_design_sampler(self.name, sampler, self.design_shape)
+        return dataclasses.replace(self, design_sampler=sampler)
 
     def _check_dim(self, theta, where: str):
         # JAX clamps out-of-range indices, so a theta of the wrong length would give a finite,
@@ -118,10 +149,25 @@ class Model:
         return jax.vmap(self.simulator)(keys, theta, *extra)
 
     def sample_prior_predictive(self, key: Array, n: int) -> tuple[Array, Array]:
-        """``(theta [n, d], y [n, *obs_shape])`` from the joint prior predictive."""
+        """``(theta [n, d], y [n, *obs_shape])`` from the joint prior predictive (a model with
+        design data: see :meth:`sample_joint`)."""
+        if self.design_shape is not None:
+            theta, y, _ = self.sample_joint(key, n)
+            return theta, y
         k1, k2 = jax.random.split(key)
         theta = self.sample_prior(k1, n)
         return theta, self.simulate(k2, theta)
+
+    def sample_joint(self, key: Array, n: int) -> tuple[Array, Array, Any]:
+        """``(theta [n, d], y [n, *obs_shape], design)``: prior draws, designs from the
+        :attr:`design_sampler` and one simulated dataset each (``design`` is ``None`` for a
+        model without design data; then this is :meth:`sample_prior_predictive`)."""
+        if self.design_shape is None:
+            return (*self.sample_prior_predictive(key, n), None)
+        k1, k2, k3 = jax.random.split(key, 3)
+        theta = self.sample_prior(k1, n)
+        design = self.sample_design(k3, n)
+        return theta, self.simulate(k2, theta, design), design
 
     # ----------------------------------------------------------------- densities
     def log_prior(self, theta: Array) -> Array:
@@ -179,6 +225,9 @@ class Model:
                                  self.design_shape)).encode())
         if self.symmetry is not None:  # kept out of the hash otherwise: old fingerprints stay valid
             h.update(f"symmetry={self.symmetry.name}".encode())
+        if self.design_sampler is not None:  # the designs an estimator is trained over
+            for leaf in jax.tree.leaves(jax.jit(self.design_sampler, static_argnums=1)(jax.random.PRNGKey(7), 4)):
+                h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
 
         def probe(key):
             theta = self.sample_prior(key, 4)
@@ -334,6 +383,7 @@ def make_model(
     info: Mapping[str, Any] | None = None,
     design_shape: Any = None,
     symmetry: Any = None,
+    sample_design: Callable[[Array, int], Any] | None = None,
 ) -> Model:
     """Build a :class:`Model` from plain JAX functions (all in unconstrained space).
 
@@ -353,6 +403,8 @@ def make_model(
       symmetry: a :class:`~amortflow.models.symmetry.Symmetry` of the observations (see
         :mod:`amortflow.models.symmetry`), checked here on simulated data; not with
         ``design_shape`` (a transformation of ``y`` alone need not preserve a design's meaning).
+      sample_design: ``(key, n) -> design`` with a leading ``n`` axis: the designs estimators are
+        trained over (see :attr:`Model.design_sampler`); only with ``design_shape``.
     Raises:
       ValueError: if ``sample_prior`` does not return ``[n, len(param_names)]``, or ``symmetry``
         changes the log likelihood of simulated data.
@@ -369,8 +421,12 @@ def make_model(
     if symmetry is not None and design_shape is not None:
         raise ValueError(f"make_model({name!r}): a symmetry acts on the observation alone and cannot be "
                          "declared for a model with per-dataset design data")
+    if sample_design is not None:
+        if design_shape is None:
+            raise ValueError(f"make_model({name!r}): sample_design needs design_shape (the model takes no design)")
+        check_design_sampler(name, sample_design, design_shape)
     model = Model(name, param_names, obs_shape, obs_kind or "vector", sample_prior, simulate, log_prior,
-                  log_likelihood, constrain, dict(info or {}), design_shape, symmetry)
+                  log_likelihood, constrain, dict(info or {}), design_shape, symmetry, sample_design)
     probe = jax.eval_shape(lambda k: model.sample_prior(k, 2), jax.random.PRNGKey(0))
     if tuple(probe.shape) != (2, len(param_names)):
         raise ValueError(
@@ -383,6 +439,25 @@ def make_model(
     if obs_kind is None:
         model = dataclasses.replace(model, obs_kind=infer_obs_kind(model))
     return model
+
+
+def _is_shape(s) -> bool:
+    return isinstance(s, tuple) and all(isinstance(n, int) for n in s)
+
+
+def check_design_sampler(name: str, sampler, design_shape) -> None:
+    """Raise ``ValueError`` unless ``sampler(key, n)`` returns ``design_shape``'s structure with
+    a leading ``n`` on every leaf (checked abstractly, for ``n = 3``)."""
+    try:
+        out = jax.eval_shape(lambda k: sampler(k, 3), jax.random.PRNGKey(0))
+    except Exception as e:  # noqa: BLE001  (any failure of the user's function is reported)
+        raise ValueError(f"{name}: sample_design(key, n) failed: {type(e).__name__}: {e}") from None
+    want = jax.tree.map(lambda s: (3,) + tuple(s), design_shape, is_leaf=_is_shape)
+    got = jax.tree.map(lambda a: tuple(a.shape), out)
+    if jax.tree.structure(want, is_leaf=_is_shape) != jax.tree.structure(got, is_leaf=_is_shape) or \
+            jax.tree.leaves(want, is_leaf=_is_shape) != jax.tree.leaves(got, is_leaf=_is_shape):
+        raise ValueError(f"{name}: sample_design(key, n) must return designs {design_shape} with a leading n "
+                         f"axis; for n = 3 it returned {got}")
 
 
 def rows_exchangeable(model: Model, num_probes: int = 4) -> bool:

@@ -54,6 +54,15 @@ def observe(ys, beta=1.0, design=None, *, dtype=jnp.float32) -> Observation:
     return Observation(ys, b, design)
 
 
+def flat_design(design, k: int):
+    """The leaves of a batched ``design`` (leading ``k``), flattened and concatenated in tree
+    order: ``[k, design_dim]`` float32 (traceable); ``None`` for no design. What a network sees."""
+    if design is None:
+        return None
+    return jnp.concatenate([jnp.reshape(jnp.asarray(a, jnp.float32), (k, -1)) for a in jax.tree.leaves(design)],
+                           axis=1)
+
+
 def take(obs: Observation, idx) -> Observation:
     """Datasets ``idx`` of a batched observation (every leaf gathered on its leading axis)."""
     return jax.tree.map(lambda a: a[idx], obs)
@@ -77,4 +86,4 @@ def fingerprint_into(h, obs: Observation) -> None:
         h.update(a.tobytes())
 
 
-__all__ = ["Observation", "observe", "take", "to_numpy", "to_device", "fingerprint_into"]
+__all__ = ["Observation", "observe", "take", "flat_design", "to_numpy", "to_device", "fingerprint_into"]
