@@ -56,3 +56,35 @@ def bernoulli_glm_preset(model=None, quick: bool = False) -> NPEPreset:
         num_simulations=None,
         workflow=WorkflowConfig(),
     )
+
+
+def psychometric_preset(quick: bool = False) -> NPEPreset:
+    """Psychometric curves (5 parameters, 9 intensities, trials per intensity as per-dataset
+    design data): the responses and the standardized trial counts both enter the flow's context
+    (the default summary of a 9-vector is the vector itself); online training over the model's
+    design distribution (simulating 9 counts is cheap); the workflow's defaults."""
+    return NPEPreset(
+        summary=None,
+        flow=FlowSpec(num_layers=6, hidden=(128, 128), num_bins=8, bound=5.0),
+        train=TrainConfig(num_steps=400 if quick else 4000, batch_size=256, learning_rate=1e-3,
+                          steps_per_call=100 if quick else 250),
+        num_simulations=None,
+        workflow=WorkflowConfig(),
+    )
+
+
+def drift_diffusion_preset(quick: bool = False) -> NPEPreset:
+    """Drift-diffusion model (6 parameters, 120 signed response times with their condition): a
+    DeepSet over trials (mean and max pooling; each row carries its condition, so per-condition
+    statistics are learnable), online training (the Wiener sampler draws 256 participants in a few
+    ms); the workflow's defaults."""
+    from amortflow.nets.specs import DeepSetSpec
+
+    return NPEPreset(
+        summary=DeepSetSpec(out_dim=24),
+        flow=FlowSpec(num_layers=6, hidden=(128, 128), num_bins=8, bound=5.0),
+        train=TrainConfig(num_steps=400 if quick else 4000, batch_size=256, learning_rate=1e-3,
+                          steps_per_call=100 if quick else 250),
+        num_simulations=None,
+        workflow=WorkflowConfig(),
+    )
