@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.amortflow-installed
 # Two host devices so datasets are sharded over both CPU cores (no effect on GPU).
 HOSTDEV := XLA_FLAGS="--xla_force_host_platform_device_count=2 $(XLA_FLAGS)"
-BENCHES := amortized diagnostics mcmc gev defaults gbi spatial glm
+BENCHES := amortized diagnostics mcmc gev defaults gbi spatial glm psychometric ddm
 
 .PHONY: install demo test test-slow bench notebooks clean $(addprefix bench-,$(BENCHES))
 
@@ -54,6 +54,12 @@ bench-spatial: $(STAMP)
 
 bench-glm: $(STAMP)
 	$(HOSTDEV) $(PY) benchmarks/bench_glm.py
+
+bench-psychometric: $(STAMP)
+	$(HOSTDEV) $(PY) benchmarks/bench_psychometric.py
+
+bench-ddm: $(STAMP)
+	$(HOSTDEV) $(PY) benchmarks/bench_ddm.py
 
 notebooks: $(STAMP)
 	AMORTFLOW_NOTEBOOK_MODE=full $(PY) -m amortflow.notebook_runner notebooks

@@ -103,7 +103,8 @@ import numpy as np
 spec = json.loads(sys.argv[1])
 sys.path.insert(0, spec["path"])
 import jax, jax.numpy as jnp
-from numpyro.infer import MCMC, NUTS
+from numpyro.infer import MCMC, NUTS, init_to_value
+from numpyro.infer.util import constrain_fn
 mod = importlib.import_module(spec["module"])
 model = getattr(mod, spec["model"])
 to_init = getattr(mod, spec["init"]) if spec.get("init") else None
@@ -113,10 +114,17 @@ init = d["init"] if "init" in d.files else None
 times, samples, divs = [], {}, []
 for i in range(ys.shape[0]):
     t0 = time.perf_counter()
-    mc = MCMC(NUTS(model, target_accept_prob=spec["target_accept"]), num_warmup=spec["num_warmup"],
+    kw, nuts_kw = {}, {}
+    if init is not None:
+        kw["init_params"] = to_init(init[i])
+        # numpyro's kernel init still searches its own starting point (init_to_uniform, 100 tries)
+        # before taking init_params: start that search at the first given chain, which is valid
+        # even where uniform draws almost never are (e.g. non-decision times below the fastest RT)
+        first = constrain_fn(model, (jnp.asarray(ys[i]),), {}, {k: v[0] for k, v in kw["init_params"].items()})
+        nuts_kw["init_strategy"] = init_to_value(values=first)
+    mc = MCMC(NUTS(model, target_accept_prob=spec["target_accept"], **nuts_kw), num_warmup=spec["num_warmup"],
               num_samples=spec["num_samples"], num_chains=spec["num_chains"],
               chain_method="sequential", progress_bar=False)
-    kw = {} if init is None else {"init_params": to_init(init[i])}
     mc.run(jax.random.PRNGKey(spec["seed"] + i), jnp.asarray(ys[i]), extra_fields=("diverging",), **kw)
     s = jax.block_until_ready(mc.get_samples(group_by_chain=True))
     times.append(time.perf_counter() - t0)
@@ -180,20 +188,34 @@ def numpyro_nuts_per_dataset(ys, *, module: str, model: str, init=None, init_fn:
             "samples": {k: np.concatenate(v) for k, v in samples.items()}}
 
 
-def batched_nuts(key, model, ys, num_warmup=500, num_samples=500, num_chains=4, bucket_size=None):
-    """amortflow's batched NUTS on the exact likelihood of every dataset of ``ys [K, ...]`` (one
-    compiled call, chains started from the best of 64 prior draws by likelihood):
-    ``(draws [K, num_chains * num_samples, d], run stats, wall seconds incl. compilation)``."""
+def likelihood_weighted_init(key, model, ys, design=None, num_chains=4, num_candidates=64):
+    """Chain starting points ``[K, num_chains, d]`` for every dataset of ``ys [K, ...]`` (with
+    its ``design``): random distinct finite-density points among ``num_candidates`` prior draws
+    weighted by the likelihood (:func:`amortflow.mcmc.initialize_positions`)."""
+    import amortflow as af
+    from amortflow import mcmc
+
+    obs = af.observe(np.asarray(ys, np.float32), design=design)
+    k = len(ys)
+    cand = jax.vmap(lambda kk: model.sample_prior(kk, num_candidates))(jax.random.split(jax.random.fold_in(key, 0), k))
+    ll = jax.vmap(lambda th, o: jax.vmap(lambda t: model.log_likelihood(t, o.y, o.design))(th))(cand, obs)
+    init, _ = mcmc.initialize_positions(jax.random.fold_in(key, 1), model, obs, cand, ll, num_chains)
+    return init
+
+
+def batched_nuts(key, model, ys, num_warmup=500, num_samples=500, num_chains=4, bucket_size=None, design=None):
+    """amortflow's batched NUTS on the exact likelihood of every dataset of ``ys [K, ...]`` (and
+    its ``design``; one compiled call, chains started from the best of 64 prior draws by
+    likelihood): ``(draws [K, num_chains * num_samples, d], run stats, wall seconds incl.
+    compilation)``."""
     import amortflow as af
     from amortflow import mcmc
 
     cfg = mcmc.nuts.auto(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples)
     t0 = time.perf_counter()
-    obs = af.observe(np.asarray(ys, np.float32))
+    obs = af.observe(np.asarray(ys, np.float32), design=design)
     k = len(ys)
-    cand = jax.vmap(lambda kk: model.sample_prior(kk, 64))(jax.random.split(jax.random.fold_in(key, 0), k))
-    ll = jax.vmap(lambda th, y: jax.vmap(lambda t: model.log_likelihood(t, y))(th))(cand, jnp.asarray(ys))
-    init, _ = mcmc.initialize_positions(jax.random.fold_in(key, 1), model, obs, cand, ll, cfg.num_chains)
+    init = likelihood_weighted_init(key, model, ys, design, cfg.num_chains)
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, 2), i))(jnp.arange(k))
     res = mcmc.run_sampler_keys(keys, model, obs, init, cfg, layout=mcmc.Layout(bucket_size=bucket_size or k))
     draws = np.asarray(jax.block_until_ready(res.draws))
@@ -510,17 +532,26 @@ def _section_spatial(d: dict) -> list[str]:
     return lines
 
 
-def _section_glm(d: dict) -> list[str]:
+def _sbc_cell(t: dict) -> str:
+    """``PASS (min p 0.12, 180 datasets)`` for one ``WorkflowSBC.tests()`` entry."""
+    if t.get("passed") is None:
+        return "–"
+    return f"{'PASS' if t['passed'] else 'FAIL'} (min p {_fmt(t.get('min_pvalue'))}, {t.get('num_datasets')} datasets)"
+
+
+def _section_paper(d: dict) -> list[str]:
+    """A paper experiment run by ``benchmarks/_paper.py`` (GLM, psychometric, DDM)."""
     st = d.get("settings") or {}
     wf, acc = d.get("workflow") or {}, d.get("accuracy") or {}
+    desc = d.get("description") or ("`af.models.bernoulli_glm()` (10 parameters, 100 bins), preset "
+                                    "`af.presets.bernoulli_glm_preset()` (the network sees X^T y, online training)")
     lines = [_env_line(d), "",
-             f"`af.models.bernoulli_glm()` (10 parameters, 100 bins), preset `af.presets.bernoulli_glm_preset()` "
-             f"(the network sees X^T y; {st.get('train_steps')} online training steps), the workflow with "
-             f"`WorkflowConfig()` on {st.get('num_test')} prior-predictive datasets. Reference: numpyro NUTS per "
-             f"dataset on the first {st.get('num_ref')}; accuracy by bench-gev's criterion. The numpyro and batched-"
-             "NUTS totals are **scaled** from the datasets timed.", ""]
+             f"{desc}; {st.get('train_steps')} training steps; the workflow with the preset's `WorkflowConfig` on "
+             f"{st.get('num_test')} prior-predictive datasets. Reference: numpyro NUTS per dataset on the first "
+             f"{st.get('num_ref')}; accuracy by bench-gev's criterion. The numpyro and batched-NUTS totals are "
+             "**scaled** from the datasets timed.", ""]
     if st.get("quick"):
-        lines += ["_Quick mode: 500 datasets, short training — indicative only._", ""]
+        lines += [f"_Quick mode: {st.get('num_test')} datasets, short training — indicative only._", ""]
     nb, npy = d.get("batched_nuts") or {}, d.get("numpyro") or {}
     rows = [("training (s)", _fmt((d.get("training") or {}).get("wall_s"))),
             ("workflow on all datasets (s)", _fmt(wf.get("wall_s"))),
@@ -529,6 +560,8 @@ def _section_glm(d: dict) -> list[str]:
             ("accepted without MCMC", f"{100 * wf['fraction_without_mcmc']:.1f}%" if wf.get("fraction_without_mcmc") is not None else "–"),
             ("time per stage (s)", ", ".join(f"{k} {_fmt(v)}" for k, v in (wf.get("stage_time_s") or {}).items())),
             ("accurate vs reference", f"{acc.get('num_accurate')}/{acc.get('num_evaluable')}"),
+            *[(f"SBC of the {k} draws, all datasets", _sbc_cell((d.get("sbc") or {}).get(k)))
+              for k in ("final", "amortized") if (d.get("sbc") or {}).get(k)],
             ("batched NUTS, scaled total (s)", f"{_fmt(nb.get('scaled_total_s'))} ({nb.get('label', '')})"),
             ("numpyro NUTS, scaled total (s)", f"{_fmt(npy.get('scaled_total_s'))} ({npy.get('label', '')})"),
             ("speed-up vs batched NUTS", _fmt(d.get("speedup_vs_batched_nuts"))),
@@ -545,7 +578,9 @@ _SECTIONS = (
     ("defaults", "Defaults end to end on four models (`make bench-defaults`)", _section_defaults),
     ("gbi", "Amortized generalized Bayes over a temperature grid (`make bench-gbi`)", _section_gbi),
     ("spatial", "Neural estimators on the review's spatial GP (`make bench-spatial`)", _section_spatial),
-    ("glm", "Bernoulli GLM: the paper's 10 000 datasets (`make bench-glm`)", _section_glm),
+    ("glm", "Bernoulli GLM: the paper's 10 000 datasets (`make bench-glm`)", _section_paper),
+    ("psychometric", "Psychometric curves with per-dataset designs (`make bench-psychometric`)", _section_paper),
+    ("ddm", "Six-parameter drift-diffusion model (`make bench-ddm`)", _section_paper),
     ("amortized", "Amortized stage (`make bench-amortized`)", _section_amortized),
     ("diagnostics", "Diagnostics (`make bench-diagnostics`)", _section_diagnostics),
     ("mcmc", "Many-chain MCMC (`make bench-mcmc`)", _section_mcmc),

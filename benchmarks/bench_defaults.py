@@ -146,8 +146,10 @@ def references(spec, name, ys, settings, seed, cache_dir, chunk):
     todo = [i for i in range(n) if not os.path.exists(paths[i])]
     wall = 0.0
     if todo:
-        init = None
-        if spec["init_fn"]:
+        init = spec.get("init")
+        if init is not None:
+            init = np.asarray(init)[todo]
+        elif spec["init_fn"]:
             from bench_gev import prior_sir_init
 
             init, _ = prior_sir_init(jax.random.PRNGKey(seed + 3), model, jnp.asarray(ys[todo]), settings["num_chains"])

@@ -539,3 +539,16 @@ def test_workflow_end_to_end_with_designs(model, est, sims):
     mu = constrained(res.draws[ok])[0]
     z = (mu.mean(1) - constrained(theta[ok])[0]) / mu.std(1)
     assert np.abs(z).max() < 4, z
+
+    # SBC ranks of this run (the datasets are prior-predictive): each dataset's truth among its
+    # own final draws and among the estimator's draws for the same y and design
+    obs = observe(ys, design={"trials": trials})
+    sbc = af.diagnostics.sbc_of_result(jax.random.PRNGKey(4), model, est, theta, obs, res)
+    assert sbc.ranks.shape == sbc.amortized_ranks.shape == (k, 5)
+    assert (sbc.ranks[~ok] == -1).all() and ((sbc.ranks[ok] >= 0) & (sbc.ranks[ok] <= 200)).all()
+    direct = np.asarray(af.diagnostics.sbc_ranks(theta[ok], np.asarray(res.draws)[ok]))
+    assert np.abs(sbc.ranks[ok] - direct).max() <= 1  # ties broken at random only
+    assert ((sbc.amortized_ranks >= 0) & (sbc.amortized_ranks <= 200)).all()
+    assert sbc.amortized_ranks.std() > 20  # spread over 0..200, not piled at an end
+    with pytest.raises(ValueError, match="design"):
+        af.diagnostics.workflow_sbc(jax.random.PRNGKey(5), model, est, data=(theta, ys), config=config)

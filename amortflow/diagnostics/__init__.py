@@ -17,7 +17,7 @@ from amortflow.diagnostics.psis import (
 )
 from amortflow.diagnostics.sbc import (
     CoverageCurve, SBCBands, SBCResult, WorkflowSBC, coverage_curve, run_sbc, sbc_ecdf_bands, sbc_ecdf_diff,
-    sbc_ecdf_test, sbc_ranks, sbc_uniformity_test, workflow_sbc,
+    sbc_ecdf_test, sbc_of_result, sbc_ranks, sbc_uniformity_test, workflow_sbc,
 )
 from amortflow.diagnostics.tempered_sbc import (
     TemperedSBC, tempered_sbc, tempered_sbc_fresh_prior, weighted_coverage, weighted_ecdf_diff,
@@ -31,7 +31,7 @@ __all__ = [
     "ledoit_wolf_shrinkage", "empirical_threshold",
     "sbc_ranks", "run_sbc", "SBCResult", "SBCBands", "sbc_ecdf_bands", "sbc_ecdf_diff",
     "sbc_ecdf_test", "sbc_uniformity_test", "CoverageCurve", "coverage_curve",
-    "workflow_sbc", "WorkflowSBC",
+    "workflow_sbc", "WorkflowSBC", "sbc_of_result",
     "tempered_sbc", "tempered_sbc_fresh_prior", "TemperedSBC", "weighted_ecdf_diff", "weighted_coverage",
     "assess", "Assessment", "combine", "review_table", "interval_coverage_curve",
     "posterior_accuracy", "accuracy_noise_floor", "c2st_knn", "wasserstein_1d", "ACCURACY_KEYS",

@@ -26,11 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats as sps
 
+from amortflow.models.observation import observe
+
 Array = jax.Array
 
 __all__ = [
     "sbc_ranks", "run_sbc", "SBCResult", "SBCBands", "sbc_ecdf_bands", "sbc_ecdf_diff",
     "CoverageCurve", "coverage_curve", "sbc_uniformity_test", "sbc_ecdf_test", "WorkflowSBC", "workflow_sbc",
+    "sbc_of_result",
 ]
 
 
@@ -449,7 +452,9 @@ def workflow_sbc(key, model, estimator, num_datasets: int | None = None, config=
       config: :class:`~amortflow.WorkflowConfig` (default ``WorkflowConfig()``).
       data: ``(theta [N, d], ys [N, *obs_shape])`` prior-predictive simulations made elsewhere
         (e.g. ``model.sample_prior_predictive``), instead of ``num_datasets``; only valid if
-        ``theta`` was drawn from the prior and ``ys`` from the model given it.
+        ``theta`` was drawn from the prior and ``ys`` from the model given it. For a model with
+        per-dataset design data ``(theta, ys, design)`` (e.g. ``model.sample_joint``); simulated
+        here, designs come from the model's design sampler.
       num_amortized_draws: draws per dataset for the amortized-only ranks (default
         ``config.num_draws``).
       progress: the workflow's progress messages.
@@ -463,8 +468,14 @@ def workflow_sbc(key, model, estimator, num_datasets: int | None = None, config=
 
     cfg = config if config is not None else WorkflowConfig()
     k_sim, k_wf, k_am, k_tie = jax.random.split(key, 4)
+    design = None
     if data is not None:
+        if model.uses_design != (len(data) == 3):
+            raise ValueError(f"workflow_sbc: model {model.name!r} " + (
+                "takes design data: pass data=(theta, ys, design)" if model.uses_design else
+                "takes no design data: pass data=(theta, ys)"))
         theta, ys = np.asarray(data[0]), np.asarray(data[1])
+        design = data[2] if len(data) == 3 else None
         if theta.ndim != 2 or theta.shape[1] != model.dim or ys.shape[0] != theta.shape[0]:
             raise ValueError(f"workflow_sbc: data must be (theta [N, {model.dim}], ys [N, ...]) with one "
                              f"dataset per theta, got shapes {theta.shape} and {ys.shape}")
@@ -479,17 +490,35 @@ def workflow_sbc(key, model, estimator, num_datasets: int | None = None, config=
     if n < 1:
         raise ValueError(f"workflow_sbc: num_datasets must be >= 1, got {n}")
     if theta is None:
-        theta, ys = jax.jit(model.sample_prior_predictive, static_argnums=1)(k_sim, n)
+        theta, ys, design = jax.jit(model.sample_joint, static_argnums=1)(k_sim, n)
         theta, ys = np.asarray(theta), np.asarray(ys)
-    s_am = int(num_amortized_draws or cfg.num_draws)
-    res = run_workflow(k_wf, model, estimator, ys, cfg, progress=progress, **workflow_kwargs)
-    draws = np.asarray(res.draws)
-    resolved = (np.asarray(res.route) != "failed") & np.all(np.isfinite(draws), axis=(1, 2))
+    # the workflow and the estimator see the same observations: y with its design, if any
+    obs = ys if design is None else observe(ys, design=jax.tree.map(np.asarray, design))
+    res = run_workflow(k_wf, model, estimator, obs, cfg, progress=progress, **workflow_kwargs)
+    return _ranked(k_am, k_tie, model, estimator, theta, obs, res, num_amortized_draws, batch_size)
+
+
+def sbc_of_result(key, model, estimator, theta, obs, result, *, num_amortized_draws: int | None = None,
+                  batch_size: int | None = None) -> WorkflowSBC:
+    """:class:`WorkflowSBC` of a workflow run made elsewhere (e.g. timed on its own): ranks of
+    ``theta [N, d]`` among ``result``'s final draws, beside the estimator's own draws for the
+    same observations ``obs`` (``ys [N, ...]`` or a batched Observation with designs). Valid only
+    if ``theta`` was drawn from the prior and the data from the model given it."""
+    k_am, k_tie = jax.random.split(key)
+    return _ranked(k_am, k_tie, model, estimator, theta, obs, result, num_amortized_draws, batch_size)
+
+
+def _ranked(k_am, k_tie, model, estimator, theta, obs, result, num_amortized_draws, batch_size) -> WorkflowSBC:
+    theta = np.asarray(theta)
+    n = theta.shape[0]
+    draws = np.asarray(result.draws)
+    s_am = int(num_amortized_draws or draws.shape[1])
+    resolved = (np.asarray(result.route) != "failed") & np.all(np.isfinite(draws), axis=(1, 2))
     ranks = np.asarray(sbc_ranks(theta, np.nan_to_num(draws), jax.random.fold_in(k_tie, 0)))
     ranks = np.where(resolved[:, None], ranks, -1).astype(np.int32)
 
-    am = estimator.sample(k_am, ys, s_am, **_accepted(estimator.sample, batch_size=batch_size,
+    am = estimator.sample(k_am, obs, s_am, **_accepted(estimator.sample, batch_size=batch_size,
                                                       dataset_ids=jnp.arange(n)))
     am_ranks = np.asarray(sbc_ranks(theta, am, jax.random.fold_in(k_tie, 1)), np.int32)
-    return WorkflowSBC(theta, ranks, am_ranks, np.asarray(res.route), resolved, int(draws.shape[1]), s_am,
-                       tuple(model.param_names), res)
+    return WorkflowSBC(theta, ranks, am_ranks, np.asarray(result.route), resolved, int(draws.shape[1]), s_am,
+                       tuple(model.param_names), result)
