@@ -19,7 +19,8 @@ def test_notebooks_exist_and_are_valid():
     names = [os.path.basename(p) for p in NOTEBOOKS]
     for expected in ("01_gev_workflow.ipynb", "02_bring_your_own_numpyro_model.ipynb",
                      "03_reading_a_workflow_result.ipynb", "04_generalized_bayes.ipynb",
-                     "05_bernoulli_glm.ipynb"):
+                     "05_bernoulli_glm.ipynb", "06_psychometric_curves.ipynb",
+                     "07_drift_diffusion.ipynb"):
         assert expected in names
     for p in NOTEBOOKS:
         nb = nbformat.read(p, as_version=4)
