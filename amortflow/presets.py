@@ -48,10 +48,16 @@ def bernoulli_glm_preset(model=None, quick: bool = False) -> NPEPreset:
     from amortflow.models.glm import bernoulli_glm, glm_summary_spec
 
     model = model if model is not None else bernoulli_glm()
+    return _online_preset(glm_summary_spec(model), 3000, quick)
+
+
+def _online_preset(summary, num_steps: int, quick: bool) -> NPEPreset:
+    """Online simulation (fresh simulations every step), a 6-layer spline flow, ``num_steps``
+    steps (400 when ``quick``) and the workflow's defaults: the paper models' common setting."""
     return NPEPreset(
-        summary=glm_summary_spec(model),
+        summary=summary,
         flow=FlowSpec(num_layers=6, hidden=(128, 128), num_bins=8, bound=5.0),
-        train=TrainConfig(num_steps=400 if quick else 3000, batch_size=256, learning_rate=1e-3,
+        train=TrainConfig(num_steps=400 if quick else num_steps, batch_size=256, learning_rate=1e-3,
                           steps_per_call=100 if quick else 250),
         num_simulations=None,
         workflow=WorkflowConfig(),
@@ -63,14 +69,7 @@ def psychometric_preset(quick: bool = False) -> NPEPreset:
     design data): the responses and the standardized trial counts both enter the flow's context
     (the default summary of a 9-vector is the vector itself); online training over the model's
     design distribution (simulating 9 counts is cheap); the workflow's defaults."""
-    return NPEPreset(
-        summary=None,
-        flow=FlowSpec(num_layers=6, hidden=(128, 128), num_bins=8, bound=5.0),
-        train=TrainConfig(num_steps=400 if quick else 4000, batch_size=256, learning_rate=1e-3,
-                          steps_per_call=100 if quick else 250),
-        num_simulations=None,
-        workflow=WorkflowConfig(),
-    )
+    return _online_preset(None, 4000, quick)
 
 
 def drift_diffusion_preset(quick: bool = False) -> NPEPreset:
@@ -80,11 +79,4 @@ def drift_diffusion_preset(quick: bool = False) -> NPEPreset:
     ms); the workflow's defaults."""
     from amortflow.nets.specs import DeepSetSpec
 
-    return NPEPreset(
-        summary=DeepSetSpec(out_dim=24),
-        flow=FlowSpec(num_layers=6, hidden=(128, 128), num_bins=8, bound=5.0),
-        train=TrainConfig(num_steps=400 if quick else 4000, batch_size=256, learning_rate=1e-3,
-                          steps_per_call=100 if quick else 250),
-        num_simulations=None,
-        workflow=WorkflowConfig(),
-    )
+    return _online_preset(DeepSetSpec(out_dim=24), 4000, quick)
