@@ -312,9 +312,6 @@ class WorkflowSBC(NamedTuple):
       route: ``[N]`` route of each dataset (``res.route``).
       resolved: ``[N]`` bool, the datasets with finite final draws (ranks ``>= 0``).
       num_draws: ``S`` final draws per dataset (``config.num_draws``).
-      data: ``(theta [N, d], ys [N, *obs_shape])`` prior-predictive simulations made elsewhere
-        (e.g. ``model.sample_prior_predictive``), instead of ``num_datasets``; only valid if
-        ``theta`` was drawn from the prior and ``ys`` from the model given it.
       num_amortized_draws: draws per dataset behind ``amortized_ranks``.
       param_names: the ``d`` unconstrained parameter names.
       result: the :class:`~amortflow.workflow.WorkflowResult` of the run (routes, diagnostics,
