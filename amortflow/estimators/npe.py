@@ -102,11 +102,14 @@ def sample_from_context(spec: NPESpec, params, std: Standardization, key, ctx, n
     return theta, lq - jnp.sum(jnp.log(std.theta_scale))
 
 
-def design_inputs(spec: NPESpec, flat):
-    """Flattened designs ``[..., design_dim]`` as the network sees them (standardized by the spec)."""
-    if spec.design_loc is None:
+def design_inputs(spec, flat):
+    """Flattened designs ``[..., design_dim]`` as the network sees them: standardized by an
+    :class:`NPESpec`'s ``design_loc`` / ``design_scale``; as they are for a spec without them
+    (e.g. a point estimator's, which shares :func:`_extra_inputs`)."""
+    loc = getattr(spec, "design_loc", None)
+    if loc is None:
         return flat
-    return (flat - jnp.asarray(spec.design_loc, jnp.float32)) / jnp.asarray(spec.design_scale, jnp.float32)
+    return (flat - jnp.asarray(loc, jnp.float32)) / jnp.asarray(spec.design_scale, jnp.float32)
 
 
 def fit_design_standardization(flat: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
